@@ -1,0 +1,1 @@
+"""Robot client: camera, offload client, tracker, follow-target state machine, drivers."""

@@ -1,0 +1,1 @@
+"""Detection services: objectdetection (aggregator), facedetection, yolodetection."""

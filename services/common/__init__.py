@@ -1,0 +1,1 @@
+"""What every detection server shares: serving, health, config, logs, metrics, validation."""

@@ -1,0 +1,77 @@
+"""Command-line flags with environment-variable fallbacks (flags win), shared by every server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from services.common.imaging import ImageLimits
+
+
+def env_default(name: str, default: str | int | float | None) -> str | int | float | None:
+    """Default for a flag: the environment variable if set, else ``default`` (cast by argparse ``type``)."""
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    metrics_port: int
+    max_message_bytes: int
+    max_workers: int
+    max_concurrent_rpcs: int
+    grace_s: float
+    shutdown_delay_s: float
+    log_level: str
+    limits: ImageLimits
+    max_results_limit: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerConfig:
+        return cls(
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            max_message_bytes=args.max_message_bytes,
+            max_workers=args.max_workers,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            grace_s=args.grace,
+            shutdown_delay_s=args.shutdown_delay,
+            log_level=args.log_level,
+            limits=ImageLimits(
+                max_bytes=args.max_message_bytes - 64 * 1024,
+                max_width=args.max_image_width,
+                max_height=args.max_image_height,
+            ),
+            max_results_limit=args.max_results_limit,
+        )
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, default_port: int, default_metrics_port: int) -> None:
+    """Flags every server has; each can also come from the environment variable in brackets."""
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default=env_default("HOST", "[::]"),
+                   help="address to bind; [::] for every interface, as Kubernetes probes need [HOST]")
+    g.add_argument("--port", type=int, default=env_default("PORT", default_port), help="gRPC port [PORT]")
+    g.add_argument("--metrics-port", type=int, default=env_default("METRICS_PORT", default_metrics_port),
+                   help="Prometheus /metrics HTTP port; -1 disables [METRICS_PORT]")
+    g.add_argument("--max-message-bytes", type=int, default=env_default("MAX_MESSAGE_BYTES", 4 * 1024 * 1024),
+                   help="largest gRPC message accepted [MAX_MESSAGE_BYTES]")
+    g.add_argument("--max-image-width", type=int, default=env_default("MAX_IMAGE_WIDTH", 4096),
+                   help="widest frame accepted, checked before decoding [MAX_IMAGE_WIDTH]")
+    g.add_argument("--max-image-height", type=int, default=env_default("MAX_IMAGE_HEIGHT", 4096),
+                   help="tallest frame accepted, checked before decoding [MAX_IMAGE_HEIGHT]")
+    g.add_argument("--max-results-limit", type=int, default=env_default("MAX_RESULTS_LIMIT", 100),
+                   help="largest max_results a request may ask for; also the default cap [MAX_RESULTS_LIMIT]")
+    g.add_argument("--max-workers", type=int, default=env_default("MAX_WORKERS", 8),
+                   help="threads handling RPCs [MAX_WORKERS]")
+    g.add_argument("--max-concurrent-rpcs", type=int, default=env_default("MAX_CONCURRENT_RPCS", 32),
+                   help="RPCs in progress before new ones get RESOURCE_EXHAUSTED [MAX_CONCURRENT_RPCS]")
+    g.add_argument("--grace", type=float, default=env_default("GRACE_PERIOD_S", 10.0),
+                   help="seconds in-flight RPCs may finish after SIGTERM [GRACE_PERIOD_S]")
+    g.add_argument("--shutdown-delay", type=float, default=env_default("SHUTDOWN_DELAY_S", 0.0),
+                   help="seconds to keep serving as NOT_SERVING after SIGTERM, so that load balancers "
+                        "see it before the port closes [SHUTDOWN_DELAY_S]")
+    g.add_argument("--log-level", default=env_default("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")

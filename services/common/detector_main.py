@@ -1,0 +1,59 @@
+"""Start-up shared by the detector servers: config, logging, metrics, both services, health."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from protos import detection_pb2_grpc as legacy_grpc
+from protos import detection_v1_pb2 as v1
+from protos import detection_v1_pb2_grpc as v1_grpc
+from services.common.config import ServerConfig, env_default
+from services.common.detections import Detector
+from services.common.detector_service import DetectorCore, DetectorV1Servicer
+from services.common.identity import served_by_from_env
+from services.common.jsonlog import configure_logging
+from services.common.legacy import LegacyFaceServicer, LegacyYoloServicer
+from services.common.metrics import ServiceMetrics
+from services.common.rpc import Loaded
+from services.common.server import ManagedServer, Registration
+
+_V1_NAMES = {v1.ENGINE_FACE: "FaceDetection", v1.ENGINE_YOLO: "YoloDetection"}
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inject-delay-ms", type=float, default=env_default("INJECT_DELAY_MS", 0.0),
+                        help="fault injection: sleep this long before each detection (experiments, tests) "
+                             "[INJECT_DELAY_MS]")
+
+
+def run_detector_server(
+    service: str,
+    engine: int,
+    args: argparse.Namespace,
+    load_detector: Callable[[], Detector],
+) -> int:
+    """Opens the port (NOT_SERVING), loads and warms the detector, serves v1 and legacy, drains on SIGTERM."""
+    config = ServerConfig.from_args(args)
+    configure_logging(service, config.log_level)
+    identity = served_by_from_env(service)
+    metrics = ServiceMetrics(service, identity.version, identity.site)
+    detector: Loaded[Detector] = Loaded()
+    core = DetectorCore(detector, config.limits, config.max_results_limit, identity, metrics,
+                        inject_delay_s=args.inject_delay_ms / 1000.0)
+    v1_name = _V1_NAMES[engine]
+    if engine == v1.ENGINE_FACE:
+        add_v1, add_legacy = v1_grpc.add_FaceDetectionServicer_to_server, legacy_grpc.add_FaceDetectionServicer_to_server
+        legacy_servicer: object = LegacyFaceServicer(core)
+    else:
+        add_v1, add_legacy = v1_grpc.add_YoloDetectionServicer_to_server, legacy_grpc.add_YoloDetectionServicer_to_server
+        legacy_servicer = LegacyYoloServicer(core)
+    server = ManagedServer(
+        config,
+        [
+            Registration(add_v1, DetectorV1Servicer(core, engine), f"robomesh.detection.v1.{v1_name}"),
+            Registration(add_legacy, legacy_servicer, v1_name),
+        ],
+        metrics,
+    )
+    return server.run_until_signal(lambda: detector.set(load_detector()))

@@ -1,0 +1,1 @@
+"""Face detection with OpenCV's Haar frontal-face cascade."""

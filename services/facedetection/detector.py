@@ -1,0 +1,100 @@
+"""Haar-cascade face detector (pure: image in, detections out)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from protos import detection_v1_pb2 as v1
+from services.common.detections import Found
+from services.common.imaging import center_color
+
+DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+# The frontal-face cascades scan a 24x24 window: a face smaller than that is invisible.
+CASCADE_WINDOW = 24
+
+
+@dataclass(frozen=True)
+class FaceParams:
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    # Smallest face wanted, in pixels of the frame as sent.
+    min_size: int = 30
+    cascade: str = DEFAULT_CASCADE
+
+    def __post_init__(self) -> None:
+        if self.scale_factor <= 1.0:
+            raise ValueError(f"scale factor must be > 1; got {self.scale_factor}")
+        if self.min_neighbors < 0:
+            raise ValueError(f"min neighbours must be >= 0; got {self.min_neighbors}")
+        if self.min_size < CASCADE_WINDOW:
+            raise ValueError(f"min size must be >= {CASCADE_WINDOW} px (the cascade window); got {self.min_size}")
+
+
+def level_weight_confidence(weight: float) -> float:
+    """Maps the cascade's final-stage level weight to (0, 1), monotonically.
+
+    The weight is how far the window cleared the last stage's threshold; on
+    real frames it runs from about 0 (barely a face) to 10 (clear frontal face).
+    """
+    return 1.0 / (1.0 + math.exp(-(weight - 2.5) / 1.5))
+
+
+def resolve_cascade(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = Path(cv2.data.haarcascades) / name_or_path
+    if not path.is_file():
+        raise FileNotFoundError(f"Haar cascade not found: {name_or_path} (looked in {cv2.data.haarcascades})")
+    return path
+
+
+class HaarFaceDetector:
+    engine = v1.ENGINE_FACE
+    device = "cpu"
+
+    def __init__(self, params: FaceParams, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.params = params
+        self.clock = clock
+        self.cascade = cv2.CascadeClassifier(str(resolve_cascade(params.cascade)))
+        if self.cascade.empty():
+            raise RuntimeError(f"could not load Haar cascade {params.cascade}")
+        # CascadeClassifier keeps scratch buffers: one detection at a time.
+        self._lock = threading.Lock()
+
+    def decode_reduction(self, width: int, height: int) -> int:
+        """Decode at 1/k size when the smallest wanted face still fills the cascade window."""
+        k = 1
+        for candidate in (2, 4, 8):
+            if self.params.min_size >= CASCADE_WINDOW * candidate:
+                k = candidate
+        return k
+
+    def detect(self, image: np.ndarray, scale: float, timings_ms: dict[str, float]) -> list[Found]:
+        t0 = self.clock()
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        min_px = max(CASCADE_WINDOW, round(self.params.min_size / scale))
+        with self._lock:
+            rects, _levels, weights = self.cascade.detectMultiScale3(
+                gray,
+                scaleFactor=self.params.scale_factor,
+                minNeighbors=self.params.min_neighbors,
+                minSize=(min_px, min_px),
+                outputRejectLevels=True,
+            )
+        timings_ms["haar"] = (self.clock() - t0) * 1000.0
+        found = []
+        for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.ravel(weights), strict=True):
+            fx, fy, fw, fh = (round(float(v) * scale) for v in (x, y, w, h))
+            found.append(Found(
+                class_name="face", class_id=0, confidence=level_weight_confidence(float(weight)),
+                x=fx, y=fy, w=fw, h=fh, rgb=center_color(image, fx, fy, fw, fh, scale),
+            ))
+        return found

@@ -1,0 +1,1 @@
+"""Object detection with Darknet YOLO models through OpenCV DNN."""

