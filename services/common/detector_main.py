@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import cv2
+
 from protos import detection_pb2_grpc as legacy_grpc
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
@@ -21,7 +23,9 @@ from services.common.server import ManagedServer, Registration
 _V1_NAMES = {v1.ENGINE_FACE: "FaceDetection", v1.ENGINE_YOLO: "YoloDetection"}
 
 
-def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=env_default("OPENCV_THREADS", 0),
+                        help="OpenCV worker threads; 0 keeps OpenCV's default (one per core) [OPENCV_THREADS]")
     parser.add_argument("--inject-delay-ms", type=float, default=env_default("INJECT_DELAY_MS", 0.0),
                         help="fault injection: sleep this long before each detection (experiments, tests) "
                              "[INJECT_DELAY_MS]")
@@ -36,6 +40,8 @@ def run_detector_server(
     """Opens the port (NOT_SERVING), loads and warms the detector, serves v1 and legacy, drains on SIGTERM."""
     config = ServerConfig.from_args(args)
     configure_logging(service, config.log_level)
+    if args.threads > 0:
+        cv2.setNumThreads(args.threads)
     identity = served_by_from_env(service)
     metrics = ServiceMetrics(service, identity.version, identity.site)
     detector: Loaded[Detector] = Loaded()
@@ -43,10 +49,12 @@ def run_detector_server(
                         inject_delay_s=args.inject_delay_ms / 1000.0)
     v1_name = _V1_NAMES[engine]
     if engine == v1.ENGINE_FACE:
-        add_v1, add_legacy = v1_grpc.add_FaceDetectionServicer_to_server, legacy_grpc.add_FaceDetectionServicer_to_server
+        add_v1 = v1_grpc.add_FaceDetectionServicer_to_server
+        add_legacy = legacy_grpc.add_FaceDetectionServicer_to_server
         legacy_servicer: object = LegacyFaceServicer(core)
     else:
-        add_v1, add_legacy = v1_grpc.add_YoloDetectionServicer_to_server, legacy_grpc.add_YoloDetectionServicer_to_server
+        add_v1 = v1_grpc.add_YoloDetectionServicer_to_server
+        add_legacy = legacy_grpc.add_YoloDetectionServicer_to_server
         legacy_servicer = LegacyYoloServicer(core)
     server = ManagedServer(
         config,

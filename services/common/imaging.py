@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import grpc
 import numpy as np
 
 from services.common.errors import RequestError, invalid
-
-import grpc
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"

@@ -7,7 +7,7 @@ import sys
 
 from protos import detection_v1_pb2 as v1
 from services.common.config import add_server_arguments, env_default
-from services.common.detector_main import add_fault_arguments, run_detector_server
+from services.common.detector_main import add_detector_arguments, run_detector_server
 from services.facedetection.detector import DEFAULT_CASCADE, FaceParams, HaarFaceDetector
 
 DEFAULT_PORT = 50053
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlapping hits needed to keep a face [FACE_MIN_NEIGHBORS]")
     g.add_argument("--min-size", type=int, default=env_default("FACE_MIN_SIZE", 30),
                    help="smallest face in frame pixels; >= 48 lets the JPEG decode at reduced size [FACE_MIN_SIZE]")
-    add_fault_arguments(parser)
+    add_detector_arguments(parser)
     return parser
 
 

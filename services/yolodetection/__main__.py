@@ -8,7 +8,7 @@ from pathlib import Path
 
 from protos import detection_v1_pb2 as v1
 from services.common.config import add_server_arguments, env_default
-from services.common.detector_main import add_fault_arguments, run_detector_server
+from services.common.detector_main import add_detector_arguments, run_detector_server
 from services.yolodetection.detector import DEVICES, YoloDetector, YoloParams
 from services.yolodetection.model import default_model_paths
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env_default("YOLO_ALLOW_FALLBACK", "") in ("1", "true", "yes"),
                    help="run on the CPU when the requested device is missing, instead of failing "
                         "[YOLO_ALLOW_FALLBACK]")
-    add_fault_arguments(parser)
+    add_detector_arguments(parser)
     return parser
 
 

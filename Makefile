@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a step of them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup protos models data lint bench clean
+
+demo: setup models data
+	$(PY) -m robotclient.demo
+
+test: setup models data
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+setup: $(STAMP) protos
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+protos: $(STAMP)
+	$(PY) -m protos.generate > /dev/null
+
+models: setup
+	$(PY) -m services.yolodetection.model
+
+data: setup
+	$(PY) -m robotclient.sampledata
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup models data
+	$(PY) bench/mesh_bench.py
+
+clean:
+	rm -rf $(VENV) protos/*_pb2.py protos/*_pb2.pyi protos/*_pb2_grpc.py

@@ -1,0 +1,1 @@
+"""objectdetection: the ingress aggregator that fans each frame out to the detectors."""

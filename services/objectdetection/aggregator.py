@@ -1,0 +1,100 @@
+"""The aggregator's request path, shared by its v1 and legacy services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from protos import detection_v1_pb2 as v1
+from services.common.detections import served_by_message
+from services.common.errors import RequestError
+from services.common.identity import ServedByInfo
+from services.common.imaging import ImageLimits, validate_jpeg
+from services.common.metrics import ServiceMetrics
+from services.common.rpc import checked_max_results
+from services.objectdetection.fanout import REPLY_MARGIN_S, FanOut
+from services.objectdetection.merge import UserIdRule, frame_error, merge_detections, wanted_engines
+
+ENGINE_KEYS = {v1.ENGINE_FACE: "face", v1.ENGINE_YOLO: "yolo"}
+
+
+@dataclass
+class FrameCall:
+    """What the servicers pass in: the v1 request plus what gRPC knows about the call."""
+
+    request: v1.DetectRequest
+    time_remaining: float | None
+    metadata: Sequence[tuple[str, str | bytes]]
+
+
+class Aggregator:
+    def __init__(
+        self,
+        fanout: FanOut,
+        users: UserIdRule,
+        limits: ImageLimits,
+        max_results_limit: int,
+        served_by: ServedByInfo,
+        metrics: ServiceMetrics,
+        on_frame: Callable[[bytes, Sequence[v1.Detection]], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.fanout = fanout
+        self.users = users
+        self.limits = limits
+        self.max_results_limit = max_results_limit
+        self.served_by = served_by
+        self.served_by_message = served_by_message(served_by)
+        self.metrics = metrics
+        self.on_frame = on_frame
+        self.clock = clock
+
+    def detect(self, call: FrameCall) -> v1.DetectResponse:
+        started = self.clock()
+        request = call.request
+        self.users.check(request.user_id)
+        cap = checked_max_results(request.max_results, self.max_results_limit)
+        engines = wanted_engines(request.engines, self.fanout.engines)
+        info = validate_jpeg(request.frame.jpeg, self.limits)  # header only: the detectors decode
+        if call.time_remaining is not None and call.time_remaining <= REPLY_MARGIN_S:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"deadline too short: {call.time_remaining * 1000:.1f} ms left on arrival")
+        timings = {"validate": (self.clock() - started) * 1000.0}
+        outcomes = self.fanout.run(request, engines, self.fanout.timeout_for(call.time_remaining), call.metadata)
+        statuses, per_engine = [], []
+        for outcome in outcomes:
+            key = ENGINE_KEYS[outcome.engine]
+            latency_ms = outcome.latency_s * 1000.0
+            timings[key] = latency_ms
+            self.metrics.observe_detector(key, outcome.code.name, outcome.latency_s)
+            status = v1.DetectorStatus(engine=outcome.engine, code=outcome.code.value[0],
+                                       code_name=outcome.code.name, message=outcome.message, latency_ms=latency_ms)
+            if outcome.reply is not None:
+                status.served_by.CopyFrom(outcome.reply.served_by)
+                status.detections = len(outcome.reply.detections)
+                per_engine.append(outcome.reply.detections)
+                for stage, ms in outcome.reply.timings_ms.items():
+                    timings[f"{key}.{stage}"] = ms
+            statuses.append(status)
+        if error := frame_error(statuses):
+            raise error
+        detections = merge_detections(per_engine, cap)
+        timings["total"] = (self.clock() - started) * 1000.0
+        self.metrics.observe_stages({k: v for k, v in timings.items() if "." not in k})
+        for engine, key in ENGINE_KEYS.items():
+            self.metrics.count_detections(key, sum(1 for d in detections if d.engine == engine))
+        if self.on_frame is not None:
+            self.on_frame(request.frame.jpeg, detections)
+        return v1.DetectResponse(
+            frame_number=request.frame.number,
+            capture_timestamp_us=request.frame.capture_timestamp_us,
+            detections=detections,
+            detector_status=statuses,
+            timings_ms=timings,
+            served_by=self.served_by_message,
+            image_width=info.width,
+            image_height=info.height,
+        )

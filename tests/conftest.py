@@ -1,0 +1,64 @@
+"""Shared fixtures: the real model and the real sample images and clips, fetched once and cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from robotclient import sampledata
+from services.yolodetection import model
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return sampledata.fetch()
+
+
+@pytest.fixture(scope="session")
+def model_paths() -> model.ModelPaths:
+    return model.fetch()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def read_frames(path: Path, count: int, start: int = 0) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+        frames = []
+        while len(frames) < count:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    assert len(frames) == count, f"{path} has fewer than {start + count} frames"
+    return frames
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpeg(data_dir: Path) -> bytes:
+    return encode_jpeg(cv2.imread(str(data_dir / "astronaut.png")))
+
+
+@pytest.fixture(scope="session")
+def messi_jpeg(data_dir: Path) -> bytes:
+    return (data_dir / "messi5.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def vtest_frames(data_dir: Path) -> list[np.ndarray]:
+    return read_frames(data_dir / "vtest.avi", 10, start=100)
+
+
+@pytest.fixture(scope="session")
+def vtest_jpegs(vtest_frames: list[np.ndarray]) -> list[bytes]:
+    return [encode_jpeg(f) for f in vtest_frames]
