@@ -1,0 +1,111 @@
+"""The pure detectors on real images with the real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from services.facedetection.detector import FaceParams, HaarFaceDetector, level_weight_confidence
+from services.yolodetection.detector import DeviceUnavailable, YoloDetector, YoloParams, cuda_device_count
+from services.yolodetection.model import ModelPaths
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter)
+
+
+@pytest.fixture(scope="module")
+def face_detector() -> HaarFaceDetector:
+    return HaarFaceDetector(FaceParams())
+
+
+@pytest.fixture(scope="module")
+def yolo(model_paths: ModelPaths) -> YoloDetector:
+    detector = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names))
+    detector.warm_up()
+    return detector
+
+
+def test_haar_finds_the_astronauts_face(face_detector: HaarFaceDetector, data_dir: Path) -> None:
+    image = cv2.imread(str(data_dir / "astronaut.png"))
+    timings: dict[str, float] = {}
+    (face,) = face_detector.detect(image, 1.0, timings)
+    assert iou((face.x, face.y, face.w, face.h), (176, 66, 95, 95)) > 0.7
+    assert 0.5 < face.confidence < 1.0
+    assert face.rgb == tuple(int(v) for v in image[face.y + face.h // 2, face.x + face.w // 2][::-1])
+    assert timings["haar"] > 0
+
+
+def test_haar_boxes_map_back_from_a_reduced_image(face_detector: HaarFaceDetector, data_dir: Path) -> None:
+    image = cv2.imread(str(data_dir / "astronaut.png"))
+    half = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    detector = HaarFaceDetector(FaceParams(min_size=48))
+    assert detector.decode_reduction(512, 512) == 2
+    (face,) = detector.detect(half, 2.0, {})
+    assert iou((face.x, face.y, face.w, face.h), (176, 66, 95, 95)) > 0.6
+
+
+def test_face_confidence_grows_with_the_level_weight() -> None:
+    values = [level_weight_confidence(w) for w in (-1.0, 0.0, 2.5, 6.0, 12.0)]
+    assert values == sorted(values)
+    assert values[2] == pytest.approx(0.5)
+    assert values[0] > 0.0 and values[-1] < 1.0
+
+
+def test_face_parameters_are_checked() -> None:
+    for bad in ({"scale_factor": 1.0}, {"min_neighbors": -1}, {"min_size": 10}):
+        with pytest.raises(ValueError):
+            FaceParams(**bad)
+
+
+def test_yolo_finds_the_pedestrians_of_vtest(yolo: YoloDetector, vtest_frames: list[np.ndarray]) -> None:
+    persons = []
+    for frame in vtest_frames:
+        found = yolo.detect(frame, 1.0, {})
+        persons.append(sum(f.class_name == "person" for f in found))
+        for f in found:
+            assert f.x >= 0 and f.y >= 0 and f.x + f.w <= frame.shape[1] and f.y + f.h <= frame.shape[0]
+            assert 0.5 <= f.confidence <= 1.0
+    assert np.mean(persons) >= 2.0
+
+
+def test_yolo_reads_the_input_size_from_the_cfg(yolo: YoloDetector) -> None:
+    assert yolo.input_size == (416, 416)
+    assert len(yolo.output_names) == 2  # YOLOv3-tiny has two heads; both are decoded
+    assert yolo.decode_reduction(1920, 1080) == 2
+    assert yolo.decode_reduction(768, 576) == 1
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="this OpenCV build has CUDA: the refusal cannot be shown")
+def test_cuda_without_a_cuda_build_fails_at_start_unless_fallback_is_allowed(model_paths: ModelPaths) -> None:
+    params = YoloParams(model_paths.cfg, model_paths.weights, model_paths.names, device="cuda")
+    with pytest.raises(DeviceUnavailable, match="--allow-fallback"):
+        YoloDetector(params)
+    fallback = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names, device="cuda",
+                                       allow_fallback=True))
+    assert fallback.device == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(cuda_device_count() == 0, reason="needs an OpenCV build with CUDA and a GPU")
+def test_cuda_backend_gives_the_cpu_detections(model_paths: ModelPaths, vtest_frames: list[np.ndarray]) -> None:
+    cpu = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names))
+    gpu = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names, device="cuda"))
+    assert gpu.device == "cuda"
+    for frame in vtest_frames[:3]:
+        a = [(f.class_id, f.x, f.y) for f in cpu.detect(frame, 1.0, {})]
+        b = [(f.class_id, f.x, f.y) for f in gpu.detect(frame, 1.0, {})]
+        assert len(a) == len(b)
+
+
+def test_missing_model_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="make models"):
+        YoloDetector(YoloParams(tmp_path / "x.cfg", tmp_path / "x.weights", tmp_path / "x.names"))
