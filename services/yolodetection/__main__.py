@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     def load() -> YoloDetector:
         detector = YoloDetector(params)
         detector.warm_up()
+        logging.getLogger(__name__).info(
+            "model ready", extra={"device": detector.device, "cfg": str(params.cfg), "input": detector.input_size,
+                                  "outputs": detector.output_names})
         return detector
 
     return run_detector_server("yolodetection", v1.ENGINE_YOLO, args, load)
