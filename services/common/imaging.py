@@ -23,6 +23,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers that stand alone, without a length field.
 _STANDALONE_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}
+# Markers that may end an entropy-coded segment: EOI, the next scan, or tables and comments between scans.
+_AFTER_SCAN_MARKERS = frozenset({0xC4, 0xCC, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)})
 
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -115,7 +117,63 @@ def validate_jpeg(data: bytes, limits: ImageLimits) -> JpegInfo:
         raise invalid(f"JPEG must be 3-channel colour; got a {kind} image")
     if not data.rstrip(b"\x00").endswith(JPEG_EOI):
         raise invalid("truncated JPEG: no end-of-image marker")
+    check_jpeg_structure(data)
     return info
+
+
+def check_jpeg_structure(data: bytes) -> None:
+    """Walks every segment and the scan data (without decoding) up to the end-of-image marker.
+
+    libjpeg decodes garbage scan data with only a warning ("Corrupt JPEG data")
+    and returns a grey or scrambled image, so ``cv2.imdecode`` would turn a
+    damaged frame into a silent "nothing detected". Garbage almost always
+    breaks the marker structure: a byte 0xFF in the scan data must be followed
+    by 0x00 (stuffing), a restart marker, or a marker that may follow a scan.
+    """
+    size = len(data)
+    pos, scans = 2, 0
+    while True:
+        if pos + 2 > size:
+            raise invalid("truncated JPEG: ends before the end-of-image marker")
+        if data[pos] != 0xFF:
+            raise invalid(f"corrupt JPEG: expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            if not scans:
+                raise invalid("corrupt JPEG: no scan data before the end-of-image marker")
+            rest = data[pos + 2 :].rstrip(b"\x00")
+            if rest and not rest.startswith(JPEG_SOI):  # a second image (MPF) may follow, garbage may not
+                raise invalid(f"corrupt JPEG: {len(rest)} stray bytes after the end-of-image marker at byte {pos}")
+            return
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > size:
+            raise invalid(f"corrupt JPEG: bad segment length {length} at byte {pos}")
+        pos += 2 + length
+        if marker != 0xDA:
+            continue
+        scans += 1
+        start = pos
+        while True:  # entropy-coded data up to the next real marker
+            ff = data.find(b"\xff", pos)
+            while 0 <= ff < size - 1 and data[ff + 1] == 0xFF:
+                ff += 1
+            if ff < 0 or ff + 1 >= size:
+                raise invalid("truncated JPEG: scan data runs to the end of the frame")
+            following = data[ff + 1]
+            if following != 0x00 and not 0xD0 <= following <= 0xD7:
+                break
+            pos = ff + 2
+        if ff == start:
+            raise invalid(f"corrupt JPEG: empty scan data at byte {start}")
+        if following not in _AFTER_SCAN_MARKERS:
+            raise invalid(f"corrupt JPEG: invalid marker 0xFF{following:02X} in the scan data at byte {ff}")
+        pos = ff
 
 
 def reduction_factor(info: JpegInfo, min_width: int, min_height: int) -> int:
