@@ -51,9 +51,11 @@ MB = 1_000_000
 # Stage columns of the CPU table: (header, key in Sample.timings).
 STAGES = (
     ("f.decode", "face.decode"),
+    ("f.wait", "face.wait"),
     ("haar", "face.haar"),
     ("y.decode", "yolo.decode"),
     ("preproc", "yolo.preprocess"),
+    ("y.wait", "yolo.wait"),
     ("dnn", "yolo.dnn"),
     ("postproc", "yolo.postprocess"),
     ("server", "server"),
