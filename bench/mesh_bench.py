@@ -310,7 +310,7 @@ def print_stages(summaries: Sequence[Summary]) -> None:
         print(f"{s.mode:16s} {s.concurrency:4d} " + " ".join(cells))
     print("  server = the outer server's own total (direct-parallel: the slower detector's total); "
           "agg.ovh = aggregator total - max(face rtt, yolo rtt);\n  wire = client latency - server "
-          "(gRPC, loopback, queueing, client). haar and dnn include waiting for the detector's lock.")
+          "(gRPC, loopback, queueing, client). f.wait/y.wait: queued for the detector's lock.")
 
 
 # --------------------------------------------------------------------------- memory, machine, targets
