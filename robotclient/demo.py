@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,11 +34,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_services(ports: tuple[int, int, int], timeout_s: float = 120.0) -> subprocess.Popen:
+def start_services(ports: tuple[int, int, int], log_dir: Path, timeout_s: float = 120.0) -> subprocess.Popen:
     aggregator, face, yolo = ports
     process = subprocess.Popen(
         [sys.executable, "-m", "services", "--port", str(aggregator), "--face-port", str(face),
-         "--yolo-port", str(yolo)],
+         "--yolo-port", str(yolo), "--log-dir", str(log_dir)],
         stdout=subprocess.PIPE, text=True,
     )
     assert process.stdout is not None
@@ -124,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robotclient demo", description="Local end-to-end demo.")
     parser.add_argument("--frames", type=int, default=100, help="frames of the sample clip to send")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "robomesh-demo-logs",
+                        help="where the services' JSON logs go")
     args = parser.parse_args(argv)
     data_dir = sampledata.fetch()
     ports = (_free_port(), _free_port(), _free_port())
-    print(f"starting the services on loopback (objectdetection 127.0.0.1:{ports[0]})")
-    services = start_services(ports)
+    print(f"starting the services on loopback (objectdetection 127.0.0.1:{ports[0]}; logs in {args.log_dir})")
+    services = start_services(ports, args.log_dir)
     try:
         run_client(f"127.0.0.1:{ports[0]}", data_dir, args.frames, args.quality)
     finally:
