@@ -23,7 +23,7 @@ from protos import detection_pb2_grpc as legacy_grpc
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
 from services.launcher import LocalStack, ServiceProcess, free_port, wait_serving
-from tests.conftest import encode_jpeg
+from tests.conftest import encode_jpeg, iou  # noqa: F401  (re-exported for the tests)
 
 # Identity of the shared stack, as Kubernetes' Downward API would set it.
 STACK_ENV = {"POD_IP": "127.0.0.1", "NODE_NAME": "it-node", "SITE": "it-site", "SERVICE_VERSION": "it-1"}
@@ -31,16 +31,6 @@ LOOPBACK_AS_INT = int(ipaddress.IPv4Address("127.0.0.1"))
 ASTRONAUT_FACE = (176, 66, 95, 95)  # x, y, w, h where Haar finds the one face (DESIGN.md section 4)
 CALL_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 90.0
-
-
-def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = w * h
-    union = aw * ah + bw * bh - inter
-    return inter / union if union else 0.0
 
 
 def box(d: v1.Detection) -> tuple[int, int, int, int]:

@@ -11,15 +11,7 @@ import pytest
 from services.facedetection.detector import FaceParams, HaarFaceDetector, level_weight_confidence
 from services.yolodetection.detector import DeviceUnavailable, YoloDetector, YoloParams, cuda_device_count
 from services.yolodetection.model import ModelPaths
-
-
-def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter)
+from tests.conftest import iou
 
 
 @pytest.fixture(scope="module")
