@@ -156,3 +156,15 @@ class Command:
 
 STOP = Command()
 
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Planar robot pose in the world: metres, heading in radians counter-clockwise from +x.
+
+    A RoboMaster yaw command z > 0 turns clockwise, so it decreases ``heading``.
+    """
+
+    x: float = 0.0
+    y: float = 0.0
+    heading: float = 0.0
