@@ -168,3 +168,13 @@ class Pose:
     x: float = 0.0
     y: float = 0.0
     heading: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class FailedFrame:
+    """A frame the mesh did not answer: the gRPC status name (or CLIENT/EXPIRED) says why."""
+
+    frame: CapturedFrame
+    at: float
+    code: str
+    message: str = ""
