@@ -1,0 +1,210 @@
+"""The multi-object tracker and the target selector: synthetic cases for each rule, then real YOLO detections."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from robotclient.model import Box, Detection
+from robotclient.tracker import MultiObjectTracker, TargetSelector, Track, TrackerParams
+from services.yolodetection.detector import YoloDetector, YoloParams
+from services.yolodetection.model import ModelPaths
+from tests.conftest import read_frames
+
+DT = 0.1  # 10 fps, like vtest.avi
+
+
+def person(x: float, y: float, w: float = 40.0, h: float = 80.0, confidence: float = 0.9) -> Detection:
+    return Detection("person", confidence, Box(x, y, w, h))
+
+
+def by_id(tracks: Sequence[Track]) -> dict[int, Track]:
+    return {t.track_id: t for t in tracks}
+
+
+def test_new_detections_get_fresh_increasing_ids() -> None:
+    tracker = MultiObjectTracker()
+    tracks = tracker.update([person(0, 0), person(300, 0)], now=0.0)
+    assert [t.track_id for t in tracks] == [1, 2]
+    assert all(t.hits == 1 and t.missed == 0 and t.first_seen == t.last_seen == 0.0 for t in tracks)
+    assert tracker.tracks == tracks
+
+
+def test_id_survives_misses_up_to_max_missed_then_is_dropped_and_never_reused() -> None:
+    params = TrackerParams(max_missed=25)
+    tracker = MultiObjectTracker(params)
+    (first,) = tracker.update([person(100, 100)], now=0.0)
+    now = 0.0
+    for i in range(25):
+        now += DT
+        (held,) = tracker.update([], now=now)
+        assert held.missed == i + 1
+        assert held.box == first.box  # an unmatched track keeps its last box
+    now += DT
+    (again,) = tracker.update([person(104, 101)], now=now)
+    assert again.track_id == first.track_id and again.missed == 0 and again.hits == 2
+    for _ in range(26):
+        now += DT
+        tracker.update([], now=now)
+    assert tracker.tracks == ()
+    (new,) = tracker.update([person(104, 101)], now=now + DT)
+    assert new.track_id == first.track_id + 1
+
+
+def test_two_people_crossing_keep_their_ids() -> None:
+    tracker = MultiObjectTracker()
+    now, ids = 0.0, None
+    for step in range(21):
+        now = step * DT
+        left_to_right = person(0 + 10 * step, 100)
+        right_to_left = person(200 - 10 * step, 110)
+        # Alternate the order so that no track is favoured by its position in the list.
+        detections = [left_to_right, right_to_left] if step % 2 else [right_to_left, left_to_right]
+        tracks = tracker.update(detections, now=now)
+        assert len(tracks) == 2
+        if ids is None:
+            ids = {t.box.cy < 145: t.track_id for t in tracks}  # y centre 140 vs 150 tells them apart
+    assert ids is not None
+    final = by_id(tracker.tracks)
+    mover_right, mover_left = final[ids[True]], final[ids[False]]
+    assert mover_right.box.cx == pytest.approx(220.0, abs=3.0)
+    assert mover_left.box.cx == pytest.approx(20.0, abs=3.0)
+    assert all(t.hits == 21 and t.missed == 0 for t in final.values())
+
+
+def _greedy_first_come(tracks: Sequence[Box], detections: Sequence[Box]) -> list[int]:
+    """Reference: each track in turn takes its nearest free detection (what the tracker must not do)."""
+    free = list(range(len(detections)))
+    chosen = []
+    for box in tracks:
+        best = min(free, key=lambda i: math.hypot(box.cx - detections[i].cx, box.cy - detections[i].cy))
+        free.remove(best)
+        chosen.append(best)
+    return chosen
+
+
+def test_assignment_is_optimal_where_greedy_first_come_would_swap_ids() -> None:
+    tracker = MultiObjectTracker()
+    a, b = tracker.update([person(0, 0, 40, 40), person(20, 0, 40, 40)], now=0.0)
+    # B steps back towards A while A moves away to the left: A's nearest detection is B's.
+    a_moved, b_moved = person(-30, 0, 40, 40), person(12, 0, 40, 40)
+    detections = [b_moved, a_moved]
+    assert _greedy_first_come([a.box, b.box], [d.box for d in detections]) == [0, 1]  # greedy: A takes B's
+    tracks = by_id(tracker.update(detections, now=DT))
+    assert len(tracks) == 2
+    assert tracks[a.track_id].box.cx < tracks[b.track_id].box.cx
+    assert tracks[a.track_id].box.cx == pytest.approx(0.6 * a_moved.box.cx + 0.4 * a.box.cx)
+    assert tracks[b.track_id].box.cx == pytest.approx(0.6 * b_moved.box.cx + 0.4 * b.box.cx)
+
+
+def test_classes_are_never_associated_with_each_other() -> None:
+    tracker = MultiObjectTracker()
+    tracker.update([person(100, 100), Detection("dog", 0.8, Box(100, 100, 40, 80))], now=0.0)
+    tracks = tracker.update([Detection("dog", 0.7, Box(102, 100, 40, 80))], now=DT)
+    classes = {t.class_name: t for t in tracks}
+    assert set(classes) == {"person", "dog"}
+    assert classes["dog"].missed == 0 and classes["dog"].hits == 2 and classes["dog"].confidence == 0.7
+    assert classes["person"].missed == 1 and classes["person"].hits == 1
+
+
+def test_a_detection_outside_the_gate_starts_a_new_track() -> None:
+    tracker = MultiObjectTracker(TrackerParams(min_iou=0.1, max_center_distance=1.0))
+    (first,) = tracker.update([person(0, 0)], now=0.0)
+    # Diagonal of 40x80 is 89 px: a centre 120 px away with no overlap is out of the gate.
+    tracks = tracker.update([person(120, 0)], now=DT)
+    assert [t.track_id for t in tracks] == [first.track_id, first.track_id + 1]
+    assert by_id(tracks)[first.track_id].missed == 1
+
+
+def test_box_is_smoothed_with_the_measurement_weight() -> None:
+    tracker = MultiObjectTracker(TrackerParams(smoothing=0.6))
+    (track,) = tracker.update([person(0, 0, 40, 80)], now=0.0)
+    (track,) = tracker.update([person(10, 5, 50, 70)], now=DT)
+    assert track.box.x == pytest.approx(6.0)
+    assert track.box.y == pytest.approx(3.0)
+    assert track.box.w == pytest.approx(46.0)
+    assert track.box.h == pytest.approx(74.0)
+    (raw,) = MultiObjectTracker(TrackerParams(smoothing=1.0)).update([person(10, 5, 50, 70)], now=0.0)
+    assert raw.box == Box(10, 5, 50, 70)
+
+
+def test_replace_box_moves_the_track_without_counting_a_hit_or_a_miss() -> None:
+    tracker = MultiObjectTracker(TrackerParams(smoothing=1.0))
+    (track,) = tracker.update([person(0, 0)], now=0.0)
+    carried = Box(60, 0, 40, 80)
+    tracker.replace_box(track.track_id, carried, now=0.05)
+    (moved,) = tracker.tracks
+    assert moved.box == carried and moved.hits == 1 and moved.missed == 0 and moved.last_seen == 0.0
+    # The next detection is 70 px from the detected box but next to the carried one: still the same track.
+    (matched,) = tracker.update([person(70, 0)], now=DT)
+    assert matched.track_id == track.track_id and matched.hits == 2
+    with pytest.raises(KeyError):
+        tracker.replace_box(999, carried)
+
+
+def test_selector_picks_the_largest_wanted_track_and_keeps_it_until_its_track_is_dropped() -> None:
+    tracker = MultiObjectTracker(TrackerParams(max_missed=2))
+    selector = TargetSelector("person")
+    assert selector.select([]) is None and selector.target_id is None
+    tracks = tracker.update(
+        [person(0, 0, 20, 40), person(200, 0, 40, 80), Detection("car", 0.9, Box(400, 0, 200, 200))], now=0.0
+    )
+    target = selector.select(tracks)
+    assert target is not None and target.box.w == 40 and selector.target_id == target.track_id
+    # A larger person appears: the target is kept.
+    tracks = tracker.update([person(0, 0, 20, 40), person(200, 0, 40, 80), person(500, 0, 80, 160)], now=DT)
+    kept = selector.select(tracks)
+    assert kept is not None and kept.track_id == target.track_id
+    # The target is missed (its track lives on): still kept.
+    tracks = tracker.update([person(0, 0, 20, 40), person(500, 0, 80, 160)], now=2 * DT)
+    kept = selector.select(tracks)
+    assert kept is not None and kept.track_id == target.track_id and kept.missed == 1
+    # Its track is dropped: the largest remaining person is chosen.
+    for step in (3, 4):
+        tracks = tracker.update([person(0, 0, 20, 40), person(500, 0, 80, 160)], now=step * DT)
+    assert target.track_id not in by_id(tracks)
+    new = selector.select(tracks)
+    assert new is not None and new.box.w == 80 and selector.target_id == new.track_id
+    selector.release()
+    assert selector.target_id is None
+    assert selector.select([t for t in tracks if t.box.w == 20]).box.w == 20  # type: ignore[union-attr]
+
+
+def test_parameters_are_checked() -> None:
+    for bad in ({"max_missed": -1}, {"min_iou": 1.5}, {"smoothing": 0.0}, {"max_center_distance": -1.0}):
+        with pytest.raises(ValueError):
+            TrackerParams(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_real_pedestrians_keep_stable_ids(model_paths: ModelPaths, data_dir: Path) -> None:
+    """YOLOv3-tiny on the first 40 frames of vtest.avi: 3 to 5 walkers should not become dozens of ids."""
+    detector = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names))
+    frames = read_frames(data_dir / "vtest.avi", 40)
+    tracker = MultiObjectTracker()
+    person_detections = 0
+    matched_by_frame: list[dict[int, Box]] = []
+    for n, frame in enumerate(frames):
+        found = detector.detect(frame, 1.0, {})
+        detections = [Detection(f.class_name, f.confidence, Box(f.x, f.y, f.w, f.h), "yolo") for f in found]
+        person_detections += sum(d.class_name == "person" for d in detections)
+        now = n * DT
+        tracks = tracker.update(detections, now=now)
+        matched_by_frame.append({t.track_id: t.box for t in tracks if t.class_name == "person" and t.last_seen == now})
+    ids = set().union(*matched_by_frame)
+    assert person_detections >= 100
+    assert len(ids) <= person_detections / 8
+    # Consecutive frames: most matched persons were matched on the previous frame too, and did not jump.
+    continued = moved_far = pairs = 0
+    for before, after in itertools.pairwise(matched_by_frame):
+        pairs += len(after)
+        for tid, box in after.items():
+            if tid in before:
+                continued += 1
+                moved_far += math.hypot(box.cx - before[tid].cx, box.cy - before[tid].cy) > box.h
+    assert continued >= 0.8 * pairs
+    assert moved_far == 0
