@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test setup protos models data lint bench clean
 
 demo: setup models data
-	$(PY) -m robotclient.demo
+	$(PY) -m robotclient demo
 
 test: setup models data
 	$(PY) -m ruff check .

@@ -1,25 +1,287 @@
-"""``robotclient`` command line; the robot-side subcommands arrive with the robot client."""
+"""``robotclient SUBCOMMAND``: run on the robot, replay a clip, simulate, or the local demo."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from robotclient import sampledata
+from robotclient.controller import ControlParams
+from robotclient.localmesh import LocalMesh
+from robotclient.offload import OffloadConfig
+from robotclient.session import SessionConfig
+from robotclient.statemachine import StateTimings
+from robotclient.tracker import TrackerParams
+from robotclient.wire import ENGINES, FrameEncoder, RequestOptions
+
+DEFAULT_SERVER = "localhost:50051"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_offload_arguments(parser: argparse.ArgumentParser, *, local_default: bool) -> None:
+    where = "start the local mesh on loopback" if local_default else DEFAULT_SERVER
+    parser.add_argument("--server", default=os.environ.get("OBJECTDETECTION_HOST"),
+                        help=f"objectdetection HOST:PORT (env OBJECTDETECTION_HOST; default: {where})")
+    parser.add_argument("--legacy", action="store_true", help="speak the original LIQUID EDGE protocol")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality sent (the original used 98)")
+    parser.add_argument("--max-width", type=int, default=None, help="downscale frames wider than this before sending")
+    parser.add_argument("--in-flight", type=int, default=2, help="requests in flight at once (1 = synchronous)")
+    parser.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline from capture, seconds")
+    parser.add_argument("--no-pace", action="store_true",
+                        help="send as soon as a slot is free, even if the server is still busy")
+    parser.add_argument("-o", "--max-objects", type=int, default=10, help="maximum detections per reply")
+    parser.add_argument("--user-id", type=int, default=1, help="robot id (sent as user_id and x-robot-id)")
+    parser.add_argument("--engines", default="", help=f"comma-separated subset of {sorted(ENGINES)} (default all)")
+
+
+def _add_session_arguments(parser: argparse.ArgumentParser, *, wakeup: float) -> None:
+    parser.add_argument("-t", "--target-class", default="person", help="class to follow, e.g. person or face")
+    parser.add_argument("--carry", choices=("none", "kcf", "csrt"), default="none",
+                        help="carry the target box forward between replies with an OpenCV visual tracker")
+    parser.add_argument("--max-missed", type=int, default=25, help="replies a track survives unmatched")
+    parser.add_argument("--wakeup", type=float, default=wakeup, help="seconds to hold still at start")
+    parser.add_argument("--search-timeout", type=float, default=25.0, help="seconds of searching before idling")
+    parser.add_argument("--link-timeout", type=float, default=1.0,
+                        help="stop the robot when no fresh reply arrived for this long")
+    parser.add_argument("-c", "--control", nargs="?", const="", default=None, metavar="KP,KI,KD",
+                        help="enable the controller, optionally with yaw PID gains")
+
+
+def offload_config(args: argparse.Namespace, target: str) -> OffloadConfig:
+    engines = tuple(e for e in args.engines.split(",") if e)
+    return OffloadConfig(
+        target=target,
+        dialect="legacy" if args.legacy else "v1",
+        max_in_flight=args.in_flight,
+        deadline_s=args.deadline,
+        pace=not args.no_pace,
+        encoder=FrameEncoder(quality=args.quality, max_width=args.max_width),
+        request=RequestOptions(max_results=args.max_objects, user_id=args.user_id, engines=engines),
+    )
+
+
+def session_config(args: argparse.Namespace, *, control_default: bool) -> SessionConfig:
+    params = ControlParams()
+    if args.control:
+        gains = [float(g) for g in args.control.split(",")]
+        if len(gains) != 3:
+            raise SystemExit("--control takes three gains: KP,KI,KD")
+        params = replace(params, yaw_kp=gains[0], yaw_ki=gains[1], yaw_kd=gains[2])
+    return SessionConfig(
+        wanted_class=args.target_class,
+        carry=None if args.carry == "none" else args.carry,
+        control=control_default or args.control is not None,
+        tracker=TrackerParams(max_missed=args.max_missed),
+        timings=StateTimings(wakeup_s=args.wakeup, search_s=args.search_timeout, link_timeout_s=args.link_timeout),
+        control_params=params,
+    )
+
+
+@contextlib.contextmanager
+def mesh_target(server: str | None, log_dir: Path | None) -> Iterator[str]:
+    """The given server, or the embedded default: the three services started on loopback for this run."""
+    if server:
+        yield server
+        return
+    print("no --server given: starting the detection services on loopback", file=sys.stderr)
+    with LocalMesh(log_dir=log_dir) as mesh:
+        yield mesh.target
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from robotclient.replay import Replay, ReplayOptions
+
+    clip = Path(args.clip) if args.clip else sampledata.fetch() / sampledata.SAMPLE_CLIP
+    if not clip.exists():
+        print(f"replay: no such clip: {clip}", file=sys.stderr)
+        return 2
+    with mesh_target(args.server, args.out / "service-logs") as target:
+        replay = Replay(clip, args.out, offload_config(args, target), session_config(args, control_default=True),
+                        ReplayOptions(realtime=args.realtime, max_frames=args.frames, progress=not args.no_progress,
+                                      video=not args.no_video))
+        summary = replay.run()
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out / 'frames.csv'}, {args.out / 'annotated.mp4'}, {args.out / 'summary.json'}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from robotclient.drivers import open_driver
+    from robotclient.drivers.safety import SafeRobot
+    from robotclient.keyboard import KeyReader
+    from robotclient.liveview import LiveView
+    from robotclient.offload import OffloadClient
+    from robotclient.runner import RobotRun, RunOptions, display_available
+    from robotclient.session import FollowSession
+    from robotclient.sources import SourceError, open_source
+
+    target = args.server or DEFAULT_SERVER
+    session = session_config(args, control_default=False)
+    if args.robot != "null" and not session.control:
+        print("run: driving a robot needs the controller: add -c", file=sys.stderr)
+        return 2
+    window = not args.novideo and display_available() and _gui_available()
+    options = RunOptions(window=window, log_path=args.log, duration_s=args.duration, video_path=args.video)
+    try:
+        source = open_source(args.input, repeat=args.repeat)
+    except SourceError as err:
+        print(f"run: {err}", file=sys.stderr)
+        return 2
+    live = LiveView(port=args.web).start() if args.web is not None else None
+    if live is not None:
+        print(f"live view on http://{_host_name()}:{live.port}/", file=sys.stderr)
+    try:
+        driver = open_driver(args.robot, **({"conn_type": args.conn_type} if args.robot == "robomaster" else {}))
+        with (
+            source,
+            OffloadClient(offload_config(args, target)) as client,
+            SafeRobot(driver, session.limits) as robot,
+            KeyReader() as keys,
+        ):
+            robot.show_state("wakeup")
+            run = RobotRun(source, client, robot, FollowSession(session, time.monotonic()), options,
+                           keys=keys, live=live)
+            print(f"run: {source.name} -> {target}; keys: s search, i idle, x explore (w/z/a/d drive), q quit",
+                  file=sys.stderr)
+            try:
+                summary = run.run()
+            except KeyboardInterrupt:
+                summary = {"interrupted": True}
+    finally:
+        if live is not None:
+            live.stop()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from robotclient.drivers.safety import SafeRobot
+    from robotclient.drivers.sim import SimulatedRobot
+    from robotclient.liveview import LiveView
+    from robotclient.offload import OffloadClient
+    from robotclient.runner import RobotRun, RunOptions
+    from robotclient.session import FollowSession
+    from robotclient.sim import SimCamera, SimScore
+    from robotclient.simworld import CameraModel, PersonPath, SimWorld, load_person_sprite
+
+    data_dir = sampledata.fetch()
+    session = session_config(args, control_default=True)
+    camera = CameraModel()
+    band = camera.hfov_deg / 6.0
+    live = LiveView(port=args.web).start() if args.web is not None else None
+    out = args.out
+    try:
+        with mesh_target(args.server, out / "service-logs" if out else None) as target:
+            robot = SimulatedRobot()
+            world = SimWorld(load_person_sprite(data_dir), PersonPath.default(), camera)
+            start = time.monotonic()
+            source = SimCamera(world, robot, fps=args.fps, start=start)
+            score = SimScore(world, robot, start, band)
+            options = RunOptions(duration_s=args.duration, log_path=out / "frames.csv" if out else None,
+                                 video_path=out / "sim.mp4" if out else None, video_fps=args.fps)
+            with OffloadClient(offload_config(args, target)) as client, SafeRobot(robot, session.limits) as safe:
+                run = RobotRun(source, client, safe, FollowSession(session, start), options, live=live,
+                               on_decision=score.observe, out=sys.stderr)
+                summary = run.run()
+    finally:
+        if live is not None:
+            live.stop()
+    summary.update(score.report())
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default: replay the sample clip through the local mesh."""
+    argv = ["replay", "--out", str(args.out), "--frames", str(args.frames)]
+    return main(argv)
+
+
+def _gui_available() -> bool:
+    import cv2
+
+    try:
+        cv2.namedWindow("robotclient-probe", cv2.WINDOW_NORMAL)
+        cv2.destroyWindow("robotclient-probe")
+        return True
+    except cv2.error:
+        print("no local window: this OpenCV build has no GUI (install opencv-contrib-python for one)",
+              file=sys.stderr)
+        return False
+
+
+def _host_name() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robotclient", description="Robot-side client of the detection mesh.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="start the services locally and send the sample images and clip",
-                   add_help=False)
-    sub.add_parser("fetch-data", help="fetch the sample images and clips", add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
-        from robotclient import demo
 
-        return demo.main(rest)
-    from robotclient import sampledata
+    run = sub.add_parser("run", help="live tracking run on the robot")
+    run.add_argument("-i", "--input", default="raspicam", help="raspicam, a webcam index, or a video file")
+    run.add_argument("-r", "--repeat", action="store_true", help="loop a video file")
+    run.add_argument("--robot", choices=("robomaster", "sim", "null"), default="null", help="robot driver")
+    run.add_argument("--conn-type", default="rndis", help="RoboMaster connection (rndis, ap, sta)")
+    run.add_argument("-k", "--track-objects", action="store_true",
+                     help="accepted for compatibility: tracking is always on")
+    run.add_argument("-w", "--web", nargs="?", type=int, const=9088, default=None, metavar="PORT",
+                     help="MJPEG live view (default port 9088)")
+    run.add_argument("-l", "--log", nargs="?", type=Path, const=Path("robotclient-log.csv"), default=None,
+                     metavar="CSV", help="CSV log at 4 Hz (default robotclient-log.csv)")
+    run.add_argument("-n", "--novideo", action="store_true", help="no local window")
+    run.add_argument("--video", type=Path, default=None, help="also record the annotated frames to this MP4")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    _add_offload_arguments(run, local_default=False)
+    _add_session_arguments(run, wakeup=10.0)
+    run.set_defaults(func=cmd_run)
 
-    return sampledata.main(rest)
+    rep = sub.add_parser("replay", help="replay a recorded clip through the mesh (null robot)")
+    rep.add_argument("clip", nargs="?", default=None, help="video file (default: the sample clip vtest.avi)")
+    rep.add_argument("--out", type=Path, default=Path("replay-out"), help="output folder")
+    rep.add_argument("--realtime", action="store_true", help="pace at the clip's frame rate (drops what lags)")
+    rep.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
+    _add_offload_arguments(rep, local_default=True)
+    _add_session_arguments(rep, wakeup=0.0)
+    rep.set_defaults(func=cmd_replay)
+
+    sim = sub.add_parser("sim", help="closed-loop simulation with a simulated robot and the real mesh")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds to simulate (real time)")
+    sim.add_argument("--fps", type=float, default=10.0, help="rendered camera frame rate")
+    sim.add_argument("--out", type=Path, default=None, help="write frames.csv, sim.mp4 and summary.json here")
+    sim.add_argument("-w", "--web", nargs="?", type=int, const=9088, default=None, metavar="PORT",
+                     help="MJPEG live view of the simulated camera")
+    _add_offload_arguments(sim, local_default=True)
+    _add_session_arguments(sim, wakeup=1.0)
+    sim.set_defaults(func=cmd_sim)
+
+    demo = sub.add_parser("demo", help="start the services locally and replay the sample clip through them")
+    demo.add_argument("--out", type=Path, default=Path("replay-out"), help="output folder")
+    demo.add_argument("--frames", type=int, default=300, help="frames of the sample clip to replay")
+    demo.set_defaults(func=cmd_demo)
+
+    fetch = sub.add_parser("fetch-data", help="fetch the sample images and clips")
+    fetch.set_defaults(func=lambda _args: sampledata.main([]))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
