@@ -1,0 +1,196 @@
+"""Contract: every SDK name, keyword and constant ``RoboMasterRobot`` uses exists in the real ``robomaster`` package.
+
+The SDK has CPython 3.8 wheels only, so the check runs in a cached Python 3.8 virtualenv
+(``~/.cache/robomesh/py38-robomaster``, created once with ``pip install robomaster==SDK_VERSION``) and
+reports back as JSON. No robot is needed. The unit tests' fake SDK mirrors the constant values checked here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from robotclient.drivers.robomaster_driver import ARMOR_SIDES, EFFECTS, SDK_VERSION, SOUNDS
+from robotclient.model import Side
+
+PY38 = Path(os.environ.get("ROBOMESH_PY38", "/root/.pyenv/versions/3.8.18/bin/python3.8"))
+VENV = Path.home() / ".cache" / "robomesh" / "py38-robomaster"
+
+# Each call the driver makes, as (module, attribute path, positional args, keyword args); bound with
+# inspect.signature(...).bind against the real function (``self`` included for methods).
+CALLS: list[tuple[str, str, list[Any], dict[str, Any]]] = [
+    ("robomaster.robot", "Robot.__init__", [], {}),
+    ("robomaster.robot", "Robot.initialize", [], {"conn_type": "rndis"}),
+    ("robomaster.robot", "Robot.set_robot_mode", [], {"mode": "chassis_lead"}),
+    ("robomaster.robot", "Robot.play_sound", [0x104], {"times": 1}),
+    ("robomaster.robot", "Robot.close", [], {}),
+    ("robomaster.chassis", "Chassis.drive_speed", [], {"x": 0.1, "y": 0.0, "z": 10.0, "timeout": 0.5}),
+    ("robomaster.chassis", "Chassis.drive_wheels", [], {"w1": 0, "w2": 0, "w3": 0, "w4": 0}),
+    ("robomaster.chassis", "Chassis.sub_position", [], {"cs": 0, "freq": 5, "callback": None}),
+    ("robomaster.chassis", "Chassis.sub_velocity", [], {"freq": 5, "callback": None}),
+    ("robomaster.chassis", "Chassis.unsub_position", [], {}),
+    ("robomaster.chassis", "Chassis.unsub_velocity", [], {}),
+    (
+        "robomaster.led",
+        "Led.set_led",
+        [],
+        {"comp": "bottom_all", "r": 1, "g": 2, "b": 3, "effect": "flash", "freq": 6},
+    ),
+    ("robomaster.armor", "Armor.set_hit_sensitivity", [], {"comp": "all", "sensitivity": 5}),
+    ("robomaster.armor", "Armor.sub_hit_event", [], {"callback": None}),
+    ("robomaster.armor", "Armor.unsub_hit_event", [], {}),
+    ("robomaster.action", "Action.wait_for_completed", [], {"timeout": 3.0}),
+]
+
+# Module constants the driver (and the unit tests' fake SDK) rely on, with their expected values.
+CONSTANTS: dict[str, Any] = {
+    "robomaster.robot.CHASSIS_LEAD": "chassis_lead",
+    "robomaster.led.COMP_BOTTOM_ALL": "bottom_all",
+    "robomaster.armor.COMP_ALL": "all",
+    **{f"robomaster.led.EFFECT_{name.upper()}": name for name in EFFECTS},
+    **{f"robomaster.robot.{sound}": None for sound in SOUNDS.values()},  # None: must exist, any value
+}
+
+# Runs under Python 3.8 inside the venv; prints one JSON object.
+CHECK_SCRIPT = r"""
+import importlib, inspect, json, struct, sys
+
+spec = json.loads(sys.argv[1])
+problems, found = [], {}
+
+for module_name, path, args, kwargs in spec["calls"]:
+    try:
+        obj = importlib.import_module(module_name)
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        inspect.signature(obj).bind(None, *args, **kwargs)
+    except Exception as exc:
+        problems.append("%s.%s%r%r: %s: %s" % (module_name, path, tuple(args), kwargs, type(exc).__name__, exc))
+
+for dotted, expected in spec["constants"].items():
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        value = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        problems.append("%s: %s: %s" % (dotted, type(exc).__name__, exc))
+        continue
+    found[dotted] = value
+    if expected is not None and value != expected:
+        problems.append("%s == %r, expected %r" % (dotted, value, expected))
+
+robot = importlib.import_module("robomaster.robot")
+for prop in ("chassis", "led", "armor"):
+    if not isinstance(getattr(robot.Robot, prop, None), property):
+        problems.append("robomaster.robot.Robot.%s is not a property" % prop)
+
+armor = importlib.import_module("robomaster.armor")
+chassis = importlib.import_module("robomaster.chassis")
+id2comp = {i: armor.Armor.id2comp(i) for i in range(1, 7)}
+
+# Callback payloads: what the SDK passes to the driver's callbacks (data_info() of each subject).
+hit = armor.ArmorHitEvent()
+hit.decode((3, armor.HIT_TYPE_WATER_ATTACK, 100))
+position = chassis.PositionSubject(1)
+position.decode(struct.pack("<fff", 1.0, 2.0, 3.0))
+velocity = chassis.VelocitySubject()
+velocity.decode(struct.pack("<ffffff", 0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
+
+print(json.dumps({
+    "python": sys.version.split()[0],
+    "sdk": importlib.import_module("robomaster.version").__version__,
+    "problems": problems,
+    "constants": found,
+    "id2comp": id2comp,
+    "hit_payload": list(hit.data_info()),
+    "position_payload_len": len(position.data_info()),
+    "velocity_payload_len": len(velocity.data_info()),
+}))
+"""
+
+COMP_SIDES = {
+    "bottom_back": Side.BACK,
+    "bottom_front": Side.FRONT,
+    "bottom_left": Side.LEFT,
+    "bottom_right": Side.RIGHT,
+    "top_left": Side.LEFT,
+    "top_right": Side.RIGHT,
+}
+
+
+def _venv_python() -> Path:
+    """The cached SDK venv's interpreter, creating the venv once (atomically, so a failed try leaves nothing)."""
+    python = VENV / "bin" / "python"
+    if python.exists():
+        probe = subprocess.run([str(python), "-c", "import robomaster"], capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            return python
+        shutil.rmtree(VENV, ignore_errors=True)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    building = VENV.with_name(f"{VENV.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    started = time.monotonic()
+    try:
+        subprocess.run([str(PY38), "-m", "venv", str(building)], check=True, capture_output=True, timeout=120)
+        install = subprocess.run(
+            [str(building / "bin" / "python"), "-m", "pip", "install", "-q", f"robomaster=={SDK_VERSION}"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        if install.returncode != 0:
+            log = "\n".join(line for line in install.stderr.splitlines() if "is ignored" not in line)
+            pytest.skip(f"cannot install robomaster=={SDK_VERSION} under Python 3.8 (PyPI unreachable?): {log[-800:]}")
+        seconds = time.monotonic() - started
+        (building / "robomesh-created.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
+        # The venv's scripts embed its path, but `python -m pip` and the interpreter symlink work after a rename.
+        with contextlib.suppress(OSError):  # another run finished first: use its venv
+            building.rename(VENV)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    print(f"created {VENV} in {seconds:.1f} s", file=sys.stderr)
+    return python
+
+
+@pytest.fixture(scope="module")
+def sdk_report() -> dict[str, Any]:
+    if not PY38.exists():
+        pytest.skip(f"Python 3.8 not found at {PY38} (set ROBOMESH_PY38): the robomaster SDK has cp38 wheels only")
+    python = _venv_python()
+    spec = json.dumps({"calls": CALLS, "constants": CONSTANTS})
+    result = subprocess.run([str(python), "-c", CHECK_SCRIPT, spec], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_sdk_version_and_interpreter(sdk_report: dict[str, Any]) -> None:
+    assert sdk_report["sdk"] == SDK_VERSION
+    assert sdk_report["python"].startswith("3.8.")
+
+
+@pytest.mark.slow
+def test_every_call_and_constant_the_driver_uses_exists(sdk_report: dict[str, Any]) -> None:
+    assert sdk_report["problems"] == []
+    assert set(sdk_report["constants"]) == set(CONSTANTS)
+
+
+@pytest.mark.slow
+def test_armor_ids_map_to_the_sides_the_driver_reports(sdk_report: dict[str, Any]) -> None:
+    sdk_sides = {int(armor_id): COMP_SIDES[comp] for armor_id, comp in sdk_report["id2comp"].items()}
+    assert sdk_sides == ARMOR_SIDES
+
+
+@pytest.mark.slow
+def test_callback_payloads_have_the_shapes_the_driver_unpacks(sdk_report: dict[str, Any]) -> None:
+    assert sdk_report["hit_payload"] == [3, "water"]  # (armor_id, hit_type)
+    assert sdk_report["position_payload_len"] == 3  # (x, y, z)
+    assert sdk_report["velocity_payload_len"] == 6  # (vgx, vgy, vgz, vbx, vby, vbz)
