@@ -96,6 +96,21 @@ class OffloadStats:
     service_ms: float = 0.0
 
 
+def bottleneck_ms(timings_ms: dict[str, float]) -> float:
+    """The server's slowest detector's compute for one frame, queueing excluded: the pace it can sustain.
+
+    The aggregator reports ``<engine>.<stage>`` times; the ``wait`` stage is
+    time spent queued behind another frame, so it is left out. Falls back to
+    ``total`` for servers that report no stages, and 0 when nothing is known.
+    """
+    per_engine: dict[str, float] = {}
+    for key, ms in timings_ms.items():
+        engine, _, stage = key.partition(".")
+        if stage and stage != "wait":
+            per_engine[engine] = per_engine.get(engine, 0.0) + ms
+    return max(per_engine.values(), default=timings_ms.get("total", 0.0))
+
+
 class OffloadClient:
     """Sends frames to ``objectdetection`` and collects the answers; thread-safe."""
 
@@ -302,9 +317,9 @@ class OffloadClient:
                 stats.completed += 1
                 stats.consecutive_failures = 0
                 self._backoff_until = float("-inf")
-                total = result.timings_ms.get("total", 0.0)
-                if total > 0:
-                    stats.service_ms = total if stats.service_ms == 0 else 0.7 * stats.service_ms + 0.3 * total
+                busy = bottleneck_ms(result.timings_ms)
+                if busy > 0:
+                    stats.service_ms = busy if stats.service_ms == 0 else 0.7 * stats.service_ms + 0.3 * busy
                 edge = result.served_by.edge
                 if edge and stats.edge and edge != stats.edge:
                     stats.handovers += 1

@@ -1,0 +1,123 @@
+"""Pipelined offload versus the original's synchronous send-and-wait loop, on loopback and over a delayed link.
+
+One run, the same frames of the sample clip for every configuration:
+
+- ``sync``: read a frame, send it, wait for the answer, repeat (the original LIQUID EDGE loop);
+- ``pipelined``: :class:`robotclient.offload.OffloadClient`, 2 in flight, paced by the server's time;
+- ``pipelined-unpaced``: the same with pacing off (send whenever a slot is free).
+
+Each over (a) plain loopback and (b) a proxy adding ``--delay-ms`` (default 40 ms) each way.
+Prints frames/s and detection age (capture → reply) p50/p95.
+
+    .venv/bin/python bench/offload_bench.py --frames 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robotclient import sampledata
+from robotclient.model import CapturedFrame
+from robotclient.netem import DelayProxy
+from robotclient.offload import CHANNEL_OPTIONS, OffloadClient, OffloadConfig
+from robotclient.records import percentile
+from robotclient.wire import FrameEncoder, RequestOptions, V1Protocol
+from services.launcher import LocalStack
+
+
+def read_frames(count: int) -> list:
+    capture = cv2.VideoCapture(str(sampledata.fetch() / sampledata.SAMPLE_CLIP))
+    frames = []
+    while len(frames) < count:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frames.append(image)
+    capture.release()
+    return frames
+
+
+def run_sync(target: str, images: list, encoder: FrameEncoder) -> tuple[float, list[float], int]:
+    """The original loop: one blocking call per frame, 1 s deadline."""
+    dialect = V1Protocol()
+    options = RequestOptions()
+    ages, failures = [], 0
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        call = dialect.callable(channel)
+        started = time.monotonic()
+        for number, image in enumerate(images):
+            frame = CapturedFrame(number, time.monotonic(), image)
+            encoded = encoder.encode(frame)
+            try:
+                call(dialect.request(frame, encoded, options), timeout=1.0)
+            except grpc.RpcError:
+                failures += 1
+                continue
+            ages.append((time.monotonic() - frame.captured_at) * 1000.0)
+        wall = time.monotonic() - started
+    return wall, ages, failures
+
+
+def run_pipelined(target: str, images: list, encoder: FrameEncoder, pace: bool) -> tuple[float, list[float], int]:
+    config = OffloadConfig(target=target, max_in_flight=2, pace=pace, encoder=encoder)
+    ages: list[float] = []
+    with OffloadClient(config) as client:
+        started = time.monotonic()
+        for number, image in enumerate(images):
+            while not client.wait_ready(1.0):
+                pass
+            client.offer(CapturedFrame(number, time.monotonic(), image))
+            ages += [r.age_ms for r in client.take_results()]
+        client.drain(3.0)
+        ages += [r.age_ms for r in client.take_results()]
+        wall = time.monotonic() - started
+        failures = sum(client.stats().failed.values()) + client.stats().expired
+    return wall, ages, failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--delay-ms", type=float, default=40.0, help="one-way delay of the emulated link")
+    parser.add_argument("--quality", type=int, default=90)
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args()
+    images = read_frames(args.frames + args.warmup)
+    warm, images = images[: args.warmup], images[args.warmup:]
+    encoder = FrameEncoder(quality=args.quality)
+    rows = []
+    with LocalStack() as stack:
+        run_sync(stack.aggregator.target, warm, encoder)
+        with DelayProxy(stack.aggregator.target, args.delay_ms / 1000.0) as proxy:
+            for link, target in (("loopback", stack.aggregator.target),
+                                 (f"+{args.delay_ms:g} ms each way", proxy.target)):
+                for mode in ("sync", "pipelined", "pipelined-unpaced"):
+                    if mode == "sync":
+                        wall, ages, failures = run_sync(target, images, encoder)
+                    else:
+                        wall, ages, failures = run_pipelined(target, images, encoder, pace=mode == "pipelined")
+                    fps = len(ages) / wall
+                    rows.append((link, mode, fps, statistics.median(ages), percentile(ages, 95), failures))
+                    print(f"{link:22s} {mode:18s} {fps:5.2f} fps  age p50 {rows[-1][3]:6.1f} ms  "
+                          f"p95 {rows[-1][4]:6.1f} ms  failures {failures}", flush=True)
+    print(f"\n{len(images)} frames of {sampledata.SAMPLE_CLIP} per configuration, JPEG quality {args.quality}, "
+          f"{args.warmup} warm-up frames\n")
+    print("| link | mode | frames/s | age p50 ms | age p95 ms | failures | vs sync |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    sync_fps = {link: fps for link, mode, fps, *_ in rows if mode == "sync"}
+    for link, mode, fps, p50, p95, failures in rows:
+        print(f"| {link} | {mode} | {fps:.2f} | {p50:.1f} | {p95:.1f} | {failures} | {fps / sync_fps[link]:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
