@@ -3,8 +3,8 @@
 One run, the same frames of the sample clip for every configuration:
 
 - ``sync``: read a frame, send it, wait for the answer, repeat (the original LIQUID EDGE loop);
-- ``pipelined``: :class:`robotclient.offload.OffloadClient`, 2 in flight, paced by the server's time;
-- ``pipelined-unpaced``: the same with pacing off (send whenever a slot is free).
+- ``pipelined pace P``: :class:`robotclient.offload.OffloadClient`, 2 in flight, a send at most every
+  P x the server's slowest-detector time (P = 0: whenever a slot is free).
 
 Each over (a) plain loopback and (b) a proxy adding ``--delay-ms`` (default 40 ms) each way.
 Prints frames/s and detection age (capture → reply) p50/p95.
@@ -67,7 +67,7 @@ def run_sync(target: str, images: list, encoder: FrameEncoder) -> tuple[float, l
     return wall, ages, failures
 
 
-def run_pipelined(target: str, images: list, encoder: FrameEncoder, pace: bool) -> tuple[float, list[float], int]:
+def run_pipelined(target: str, images: list, encoder: FrameEncoder, pace: float) -> tuple[float, list[float], int]:
     config = OffloadConfig(target=target, max_in_flight=2, pace=pace, encoder=encoder)
     ages: list[float] = []
     with OffloadClient(config) as client:
@@ -90,6 +90,8 @@ def main() -> int:
     parser.add_argument("--delay-ms", type=float, default=40.0, help="one-way delay of the emulated link")
     parser.add_argument("--quality", type=int, default=90)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--pace", type=float, nargs="+", default=[1.15, 1.0, 0.0],
+                        help="pacing factors to compare (0 = send whenever a slot is free)")
     args = parser.parse_args()
     images = read_frames(args.frames + args.warmup)
     warm, images = images[: args.warmup], images[args.warmup:]
@@ -100,14 +102,14 @@ def main() -> int:
         with DelayProxy(stack.aggregator.target, args.delay_ms / 1000.0) as proxy:
             for link, target in (("loopback", stack.aggregator.target),
                                  (f"+{args.delay_ms:g} ms each way", proxy.target)):
-                for mode in ("sync", "pipelined", "pipelined-unpaced"):
+                for mode in ("sync", *(f"pipelined pace {p:g}" for p in args.pace)):
                     if mode == "sync":
                         wall, ages, failures = run_sync(target, images, encoder)
                     else:
-                        wall, ages, failures = run_pipelined(target, images, encoder, pace=mode == "pipelined")
+                        wall, ages, failures = run_pipelined(target, images, encoder, float(mode.split()[-1]))
                     fps = len(ages) / wall
                     rows.append((link, mode, fps, statistics.median(ages), percentile(ages, 95), failures))
-                    print(f"{link:22s} {mode:18s} {fps:5.2f} fps  age p50 {rows[-1][3]:6.1f} ms  "
+                    print(f"{link:22s} {mode:20s} {fps:5.2f} fps  age p50 {rows[-1][3]:6.1f} ms  "
                           f"p95 {rows[-1][4]:6.1f} ms  failures {failures}", flush=True)
     print(f"\n{len(images)} frames of {sampledata.SAMPLE_CLIP} per configuration, JPEG quality {args.quality}, "
           f"{args.warmup} warm-up frames\n")

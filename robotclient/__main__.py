@@ -33,8 +33,9 @@ def _add_offload_arguments(parser: argparse.ArgumentParser, *, local_default: bo
     parser.add_argument("--max-width", type=int, default=None, help="downscale frames wider than this before sending")
     parser.add_argument("--in-flight", type=int, default=2, help="requests in flight at once (1 = synchronous)")
     parser.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline from capture, seconds")
-    parser.add_argument("--no-pace", action="store_true",
-                        help="send as soon as a slot is free, even if the server is still busy")
+    parser.add_argument("--pace", type=float, default=1.15,
+                        help="min gap between sends in units of the server's slowest-detector time; 0 = send "
+                             "whenever a slot is free")
     parser.add_argument("-o", "--max-objects", type=int, default=10, help="maximum detections per reply")
     parser.add_argument("--user-id", type=int, default=1, help="robot id (sent as user_id and x-robot-id)")
     parser.add_argument("--engines", default="", help=f"comma-separated subset of {sorted(ENGINES)} (default all)")
@@ -60,7 +61,7 @@ def offload_config(args: argparse.Namespace, target: str) -> OffloadConfig:
         dialect="legacy" if args.legacy else "v1",
         max_in_flight=args.in_flight,
         deadline_s=args.deadline,
-        pace=not args.no_pace,
+        pace=args.pace,
         encoder=FrameEncoder(quality=args.quality, max_width=args.max_width),
         request=RequestOptions(max_results=args.max_objects, user_id=args.user_id, engines=engines),
     )

@@ -5,7 +5,7 @@ overlapped with the server's compute. A frame waiting for a free slot is
 replaced by any newer frame (stale frames are dropped, never queued), and a
 frame whose deadline (measured from capture) has passed is never sent.
 
-With ``pace`` on, a second request is not sent before the server can have
+With pacing on (``pace`` > 0), a second request is not sent before the server can have
 finished the previous one (the server-reported processing time, smoothed):
 it then arrives as the server frees up instead of waiting in its queue, so
 pipelining raises frames/s without making detections older.
@@ -62,7 +62,7 @@ class OffloadConfig:
     dialect: str = "v1"
     max_in_flight: int = 2
     deadline_s: float = 1.0
-    pace: bool = True
+    pace: float = 1.15  # min gap between sends, in units of the server's bottleneck time; 0 = send when a slot frees
     encoder: FrameEncoder = field(default_factory=FrameEncoder)
     request: RequestOptions = field(default_factory=RequestOptions)
     backoff: Backoff = field(default_factory=Backoff)
@@ -103,11 +103,15 @@ def bottleneck_ms(timings_ms: dict[str, float]) -> float:
     time spent queued behind another frame, so it is left out. Falls back to
     ``total`` for servers that report no stages, and 0 when nothing is known.
     """
-    per_engine: dict[str, float] = {}
+    stages: dict[str, dict[str, float]] = {}
     for key, ms in timings_ms.items():
         engine, _, stage = key.partition(".")
-        if stage and stage != "wait":
-            per_engine[engine] = per_engine.get(engine, 0.0) + ms
+        if stage:
+            stages.setdefault(engine, {})[stage] = ms
+    per_engine = {
+        engine: (s["total"] if "total" in s else sum(v for k, v in s.items() if k != "wait")) - s.get("wait", 0.0)
+        for engine, s in stages.items()
+    }
     return max(per_engine.values(), default=timings_ms.get("total", 0.0))
 
 
@@ -228,8 +232,8 @@ class OffloadClient:
         """Seconds before the next send is allowed (backoff, pacing); caller holds the lock."""
         now = self._clock()
         allowed = self._backoff_until
-        if self.config.pace and self._stats.in_flight > 0 and self._stats.service_ms > 0:
-            allowed = max(allowed, self._last_sent_at + self._stats.service_ms / 1000.0)
+        if self.config.pace > 0 and self._stats.in_flight > 0 and self._stats.service_ms > 0:
+            allowed = max(allowed, self._last_sent_at + self.config.pace * self._stats.service_ms / 1000.0)
         return allowed - now
 
     def _can_send_now(self) -> bool:
@@ -249,6 +253,7 @@ class OffloadClient:
                         frame, self._pending = self._pending, None
                         self._stats.in_flight += 1
                         self._last_sent_at = self._clock()
+                        self._cond.notify_all()  # a caller waiting in wait_ready() may offer the next frame now
                         return frame
                     self._cond.wait(delay)
                 else:
