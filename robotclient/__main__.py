@@ -170,7 +170,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from robotclient.runner import RobotRun, RunOptions
     from robotclient.session import FollowSession
     from robotclient.sim import SimCamera, SimScore
-    from robotclient.simworld import CameraModel, PersonPath, SimWorld, load_person_sprite
+    from robotclient.simworld import CameraModel, PersonPath, SimWorld, load_person_sprite, load_scenery
 
     data_dir = sampledata.fetch()
     session = session_config(args, control_default=True)
@@ -181,7 +181,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     try:
         with mesh_target(args.server, out / "service-logs" if out else None) as target:
             robot = SimulatedRobot()
-            world = SimWorld(load_person_sprite(data_dir), PersonPath.default(), camera)
+            panorama, floor = load_scenery(data_dir)
+            world = SimWorld(load_person_sprite(data_dir), PersonPath.default(args.person_speed), camera,
+                             background=panorama, floor=floor)
             start = time.monotonic()
             source = SimCamera(world, robot, fps=args.fps, start=start)
             score = SimScore(world, robot, start, band)
@@ -263,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="closed-loop simulation with a simulated robot and the real mesh")
     sim.add_argument("--duration", type=float, default=60.0, help="seconds to simulate (real time)")
     sim.add_argument("--fps", type=float, default=10.0, help="rendered camera frame rate")
+    sim.add_argument("--person-speed", type=float, default=0.6, help="walking speed of the person, m/s")
     sim.add_argument("--out", type=Path, default=None, help="write frames.csv, sim.mp4 and summary.json here")
     sim.add_argument("-w", "--web", nargs="?", type=int, const=9088, default=None, metavar="PORT",
                      help="MJPEG live view of the simulated camera")
