@@ -109,7 +109,7 @@ def bottleneck_ms(timings_ms: dict[str, float]) -> float:
         if stage:
             stages.setdefault(engine, {})[stage] = ms
     per_engine = {
-        engine: (s["total"] if "total" in s else sum(v for k, v in s.items() if k != "wait")) - s.get("wait", 0.0)
+        engine: s["total"] - s.get("wait", 0.0) if "total" in s else sum(v for k, v in s.items() if k != "wait")
         for engine, s in stages.items()
     }
     return max(per_engine.values(), default=timings_ms.get("total", 0.0))
