@@ -139,7 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if live is not None:
         print(f"live view on http://{_host_name()}:{live.port}/", file=sys.stderr)
     try:
-        driver = open_driver(args.robot, **({"conn_type": args.conn_type} if args.robot == "robomaster" else {}))
+        robomaster_options = {"conn_type": args.conn_type, "sdk_python": args.sdk_python}
+        driver = open_driver(args.robot, **(robomaster_options if args.robot == "robomaster" else {}))
         with (
             source,
             OffloadClient(offload_config(args, target)) as client,
@@ -238,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-r", "--repeat", action="store_true", help="loop a video file")
     run.add_argument("--robot", choices=("robomaster", "sim", "null"), default="null", help="robot driver")
     run.add_argument("--conn-type", default="rndis", help="RoboMaster connection (rndis, ap, sta)")
+    run.add_argument("--sdk-python", default=None, metavar="PATH",
+                     help="Python 3.8 with the robomaster SDK, run as a bridge subprocess when the SDK does not "
+                          "import here (default: $ROBOMASTER_PYTHON)")
     run.add_argument("-k", "--track-objects", action="store_true",
                      help="accepted for compatibility: tracking is always on")
     run.add_argument("-w", "--web", nargs="?", type=int, const=9088, default=None, metavar="PORT",

@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from robotclient.drivers.robomaster_driver import ARMOR_SIDES, EFFECTS, SDK_VERSION, SOUNDS
+from robotclient.drivers.robomaster_driver import (
+    ARMOR_SIDES,
+    EFFECTS,
+    SDK_CONSTANTS,
+    SDK_VERSION,
+    SOUNDS,
+    SdkBridge,
+)
 from robotclient.model import Side
 
 PY38 = Path(os.environ.get("ROBOMESH_PY38", "/root/.pyenv/versions/3.8.18/bin/python3.8"))
@@ -194,3 +201,26 @@ def test_callback_payloads_have_the_shapes_the_driver_unpacks(sdk_report: dict[s
     assert sdk_report["hit_payload"] == [3, "water"]  # (armor_id, hit_type)
     assert sdk_report["position_payload_len"] == 3  # (x, y, z)
     assert sdk_report["velocity_payload_len"] == 6  # (vgx, vgy, vgz, vbx, vby, vbz)
+
+
+@pytest.mark.slow
+def test_bridge_runs_the_real_sdk_and_resolves_every_driver_constant() -> None:
+    """``rmbridge.py`` under the venv's Python 3.8 imports the real SDK and resolves the driver's constants.
+
+    Only ``hello`` and ``check``: no robot is created, so nothing tries to connect.
+    """
+    if not PY38.exists():
+        pytest.skip(f"Python 3.8 not found at {PY38} (set ROBOMESH_PY38): the robomaster SDK has cp38 wheels only")
+    python = _venv_python()
+    bridge = SdkBridge(str(python), start_timeout=120.0, call_timeout=60.0)
+    try:
+        assert bridge.info["sdk"] == SDK_VERSION
+        assert bridge.info["python"].startswith("3.8.")
+        constants = bridge.check(SDK_CONSTANTS)
+    finally:
+        bridge.close()
+    assert bridge.process.returncode == 0
+    assert {f"robomaster.{name}" for name in constants} == set(CONSTANTS)  # the bridge checks what the driver uses
+    for name, value in constants.items():
+        expected = CONSTANTS[f"robomaster.{name}"]
+        assert expected is None or value == expected, name
