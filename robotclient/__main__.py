@@ -131,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     window = not args.novideo and display_available() and _gui_available()
     options = RunOptions(window=window, log_path=args.log, duration_s=args.duration, video_path=args.video)
     try:
-        source = open_source(args.input, repeat=args.repeat)
+        # A clip stands in for the camera: play it at its own frame rate, not as fast as it decodes.
+        source = open_source(args.input, repeat=args.repeat, realtime=True)
     except SourceError as err:
         print(f"run: {err}", file=sys.stderr)
         return 2

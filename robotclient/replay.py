@@ -91,6 +91,8 @@ class Replay:
             started = self.clock()
             session = FollowSession(self.session_config, start=started)
             edges: set[str] = set()
+            # Frames sent (read as fast as the mesh answers) and not decided on yet, by number.
+            waiting: dict[int, CapturedFrame] = {}
 
             def decide(frame: CapturedFrame, now: float, result: DetectionResult | None,
                        failure: FailedFrame | None) -> None:
@@ -113,8 +115,18 @@ class Replay:
                 done: list[tuple[int, DetectionResult | None, FailedFrame | None]] = [
                     (r.frame.number, r, None) for r in client.take_results()]
                 done += [(f.frame.number, None, f) for f in client.take_failures() if f.code != "REPLACED"]
-                for _, result, failure in sorted(done, key=lambda item: item[0]):
+                for number, result, failure in sorted(done, key=lambda item: item[0]):
+                    if waiting.pop(number, None) is None:
+                        continue  # already decided on as superseded (below); its late failure changes nothing
                     if result is not None:
+                        # The client drops an answer that arrives after a newer frame's (out of order); the
+                        # older frames still waiting can no longer be answered: decide on them now, so that
+                        # every frame read gets its row, in order.
+                        for older in sorted(n for n in waiting if n < number):
+                            late = waiting.pop(older)
+                            decide(late, result.received_at, None,
+                                   FailedFrame(late, result.received_at, "OUT_OF_ORDER",
+                                               f"answered after frame {number}; the late answer is discarded"))
                         session.on_result(result)
                         decide(result.frame, result.received_at, result, None)
                     elif failure is not None:
@@ -130,6 +142,8 @@ class Replay:
                     if frame is None:
                         break
                     read += 1
+                    if not options.realtime:
+                        waiting[frame.number] = frame
                     client.offer(frame)
                     if options.realtime:
                         results = client.take_results()
@@ -158,6 +172,7 @@ class Replay:
                 "protocol": self.offload.dialect,
                 "max_in_flight": self.offload.max_in_flight,
                 "dropped_stale": stats.replaced,
+                "out_of_order": stats.out_of_order,
                 "expired": stats.expired,
                 "failed_by_code": stats.failed,
                 "carry": self.session_config.carry,

@@ -129,7 +129,9 @@ class RobotRun:
                 now = self.clock()
                 if log is not None and now >= next_log:
                     log.write(record)
-                    next_log = now + 1.0 / self.options.log_hz
+                    # On a fixed schedule (not "interval after this row"): rows land on camera frames, and
+                    # restarting the interval from each row's frame gave 3.3 rows/s instead of 4 at 10 fps.
+                    next_log = max(next_log + 1.0 / self.options.log_hz, now)
                 if now >= next_status:
                     source_fps, fps = rates.take(now)
                     self._status(source_fps, fps, decision, last_result)
