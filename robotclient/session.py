@@ -63,7 +63,9 @@ class FollowSession:
 
     def on_result(self, result: DetectionResult) -> None:
         """A reply arrived: update the tracks and restart the carry-forward on that reply's frame."""
-        self.tracker.update(result.detections, result.received_at)
+        # Detections describe the frame at its capture time, not at arrival: velocities and the
+        # predicted positions stay free of network jitter.
+        self.tracker.update(result.detections, result.frame.captured_at)
         self._last_result_number = result.frame.number
         self._fresh = True
         if self.carrier is not None:
@@ -88,7 +90,7 @@ class FollowSession:
             target_id = self.selector.target_id
             box = self.carrier.update(frame.image)
             if box is not None and target_id is not None:
-                self.tracker.replace_box(target_id, box)
+                self.tracker.replace_box(target_id, box, frame.captured_at)
                 carried = True
         tracks = self.tracker.tracks
         target = self.selector.select(tracks)

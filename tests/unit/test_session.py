@@ -134,3 +134,13 @@ def test_carry_forward_moves_the_target_box_on_frames_newer_than_the_reply(data_
     truth_box = Box(truth.x, truth.y, truth.w, truth.h)
     assert carried[-1].target.box.iou(truth_box) >= start_box.iou(truth_box) - 0.05
     assert carried[-1].target.box != start_box
+
+
+def test_tracks_are_timed_by_capture_not_by_arrival() -> None:
+    """Network jitter must not enter the tracker's velocities: a track is stamped with its frame's capture time."""
+    session = searching()
+    first, second = frame(1, 0.10), frame(2, 0.20)
+    session.on_result(reply(first, 0.45, ("person", person_at(300))))
+    session.on_result(reply(second, 0.50, ("person", person_at(310))))
+    (track,) = session.tracker.tracks
+    assert (track.first_seen, track.last_seen) == (0.10, 0.20)
