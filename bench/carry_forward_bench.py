@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -51,20 +50,6 @@ class Samples:
     center_px: list[float] = field(default_factory=list)
     iou: list[float] = field(default_factory=list)
     lost: int = 0
-
-
-def read_frames(path: Path, count: int) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames: list[np.ndarray] = []
-    try:
-        while len(frames) < count:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
-    finally:
-        capture.release()
-    return frames
 
 
 def detect_all(frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], float]:
@@ -158,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     latencies = sorted(set(args.latencies))
 
     cv2.setNumThreads(os.cpu_count() or 1)
-    frames = read_frames(sampledata.fetch() / sampledata.SAMPLE_CLIP, args.frames)
+    frames = sampledata.read_frames(sampledata.fetch() / sampledata.SAMPLE_CLIP, args.frames)
     t0 = time.perf_counter()
     detections, yolo_ms = detect_all(frames)
     truth = ground_truth(detections)

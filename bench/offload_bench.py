@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,18 +31,6 @@ from robotclient.offload import CHANNEL_OPTIONS, OffloadClient, OffloadConfig
 from robotclient.records import percentile
 from robotclient.wire import FrameEncoder, RequestOptions, V1Protocol
 from services.launcher import LocalStack
-
-
-def read_frames(count: int) -> list:
-    capture = cv2.VideoCapture(str(sampledata.fetch() / sampledata.SAMPLE_CLIP))
-    frames = []
-    while len(frames) < count:
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(image)
-    capture.release()
-    return frames
 
 
 def run_sync(target: str, images: list, encoder: FrameEncoder) -> tuple[float, list[float], int]:
@@ -93,7 +80,7 @@ def main() -> int:
     parser.add_argument("--pace", type=float, nargs="+", default=[1.15, 1.0, 0.0],
                         help="pacing factors to compare (0 = send whenever a slot is free)")
     args = parser.parse_args()
-    images = read_frames(args.frames + args.warmup)
+    images = sampledata.read_frames(sampledata.fetch() / sampledata.SAMPLE_CLIP, args.frames + args.warmup)
     warm, images = images[: args.warmup], images[args.warmup:]
     encoder = FrameEncoder(quality=args.quality)
     rows = []

@@ -20,6 +20,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 DEB_PACKAGE = "opencv-doc"
 DEB_DATA_DIR = "./usr/share/doc/opencv-doc/examples/data/"
 DEB_FILES = {
@@ -120,6 +123,25 @@ def fetch(directory: Path | None = None) -> Path:
     if still_missing:
         raise RuntimeError(f"could not fetch: {', '.join(still_missing)}")
     return directory
+
+
+def read_frames(path: Path, count: int | None = None, start: int = 0) -> list[np.ndarray]:
+    """Up to ``count`` decoded frames (all when None) from frame ``start`` of a clip, for tests and benchmarks."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise FileNotFoundError(f"cannot open video {path}")
+    try:
+        if start:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+        frames: list[np.ndarray] = []
+        while count is None or len(frames) < count:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    return frames
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,17 +40,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 
 def read_frames(path: Path, count: int, start: int = 0) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    try:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
-        frames = []
-        while len(frames) < count:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
-    finally:
-        capture.release()
+    frames = sampledata.read_frames(path, count, start)
     assert len(frames) == count, f"{path} has fewer than {start + count} frames"
     return frames
 

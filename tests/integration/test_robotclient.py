@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from robotclient import sampledata
 from robotclient.drivers.safety import SafeRobot
 from robotclient.drivers.sim import SimulatedRobot
 from robotclient.limits import SpeedLimits
@@ -71,21 +72,6 @@ def assert_within_limits(rows: list[dict[str, str]]) -> None:
         assert -LIMITS.max_backward <= x <= LIMITS.max_forward, row
         assert abs(y) <= LIMITS.max_lateral, row
         assert abs(z) <= LIMITS.max_yaw, row
-
-
-def video_frames(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    assert capture.isOpened(), f"cannot open {path}"
-    frames = []
-    try:
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                break
-            frames.append(image)
-    finally:
-        capture.release()
-    return frames
 
 
 # ---------------------------------------------------------------- replay
@@ -133,7 +119,7 @@ def test_replay_of_100_frames_through_the_mesh(stack: LocalStack, data_dir: Path
     assert_within_limits(rows)
     assert any(float(r["cmd_x"]) != 0 or float(r["cmd_z"]) != 0 for r in rows)  # the controller is on
 
-    frames = video_frames(out / "annotated.mp4")
+    frames = sampledata.read_frames(out / "annotated.mp4")
     assert len(frames) == 100
     assert (frames[0].shape[1], frames[0].shape[0]) == CLIP_SIZE
 
@@ -296,7 +282,7 @@ def test_sim_keeps_the_person_centred(stack: LocalStack, tmp_path: Path) -> None
     assert summary["sim_frames"] >= 0.5 * 10 * duration  # 10 fps rendered, a loaded machine may lag
     assert summary["answered"] > 0 and summary["failed"] == 0
     assert abs(summary["wall_s"] - duration) < 2.0
-    frames = video_frames(out / "sim.mp4")
+    frames = sampledata.read_frames(out / "sim.mp4")
     assert len(frames) >= 0.5 * summary["sim_frames"]
     rows = read_csv(out / "frames.csv")
     assert {r["state"] for r in rows} <= STATES
