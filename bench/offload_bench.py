@@ -7,7 +7,9 @@ One run, the same frames of the sample clip for every configuration:
   P x the server's slowest-detector time (P = 0: whenever a slot is free).
 
 Each over (a) plain loopback and (b) a proxy adding ``--delay-ms`` (default 40 ms) each way.
-Prints frames/s and detection age (capture → reply) p50/p95.
+Prints frames/s, detection age (capture → reply) p50/p95, and the aggregator's own time per frame
+(``timings_ms['total']``, p50): the client, the proxy and the services share the machine's cores,
+so a busier client shows up as a slower server.
 
     .venv/bin/python bench/offload_bench.py --frames 150
 """
@@ -15,6 +17,7 @@ Prints frames/s and detection age (capture → reply) p50/p95.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -33,11 +36,11 @@ from robotclient.wire import FrameEncoder, RequestOptions, V1Protocol
 from services.launcher import LocalStack
 
 
-def run_sync(target: str, images: list, encoder: FrameEncoder) -> tuple[float, list[float], int]:
+def run_sync(target: str, images: list, encoder: FrameEncoder) -> tuple[float, list[float], list[float], int]:
     """The original loop: one blocking call per frame, 1 s deadline."""
     dialect = V1Protocol()
     options = RequestOptions()
-    ages, failures = [], 0
+    ages, server, failures = [], [], 0
     with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         call = dialect.callable(channel)
         started = time.monotonic()
@@ -45,30 +48,34 @@ def run_sync(target: str, images: list, encoder: FrameEncoder) -> tuple[float, l
             frame = CapturedFrame(number, time.monotonic(), image)
             encoded = encoder.encode(frame)
             try:
-                call(dialect.request(frame, encoded, options), timeout=1.0)
+                response = call(dialect.request(frame, encoded, options), timeout=1.0)
             except grpc.RpcError:
                 failures += 1
                 continue
             ages.append((time.monotonic() - frame.captured_at) * 1000.0)
+            server.append(dialect.reply(response, encoded).timings_ms.get("total", math.nan))
         wall = time.monotonic() - started
-    return wall, ages, failures
+    return wall, ages, server, failures
 
 
-def run_pipelined(target: str, images: list, encoder: FrameEncoder, pace: float) -> tuple[float, list[float], int]:
+def run_pipelined(
+    target: str, images: list, encoder: FrameEncoder, pace: float
+) -> tuple[float, list[float], list[float], int]:
     config = OffloadConfig(target=target, max_in_flight=2, pace=pace, encoder=encoder)
-    ages: list[float] = []
+    results = []
     with OffloadClient(config) as client:
         started = time.monotonic()
         for number, image in enumerate(images):
             while not client.wait_ready(1.0):
                 pass
             client.offer(CapturedFrame(number, time.monotonic(), image))
-            ages += [r.age_ms for r in client.take_results()]
+            results += client.take_results()
         client.drain(3.0)
-        ages += [r.age_ms for r in client.take_results()]
+        results += client.take_results()
         wall = time.monotonic() - started
         failures = sum(client.stats().failed.values()) + client.stats().expired
-    return wall, ages, failures
+    server = [r.timings_ms.get("total", math.nan) for r in results]
+    return wall, [r.age_ms for r in results], server, failures
 
 
 def main() -> int:
@@ -77,7 +84,7 @@ def main() -> int:
     parser.add_argument("--delay-ms", type=float, default=40.0, help="one-way delay of the emulated link")
     parser.add_argument("--quality", type=int, default=90)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--pace", type=float, nargs="+", default=[1.15, 1.0, 0.0],
+    parser.add_argument("--pace", type=float, nargs="+", default=[1.15, 1.1, 1.05, 1.0, 0.0],
                         help="pacing factors to compare (0 = send whenever a slot is free)")
     args = parser.parse_args()
     images = sampledata.read_frames(sampledata.fetch() / sampledata.SAMPLE_CLIP, args.frames + args.warmup)
@@ -91,20 +98,25 @@ def main() -> int:
                                  (f"+{args.delay_ms:g} ms each way", proxy.target)):
                 for mode in ("sync", *(f"pipelined pace {p:g}" for p in args.pace)):
                     if mode == "sync":
-                        wall, ages, failures = run_sync(target, images, encoder)
+                        wall, ages, server, failures = run_sync(target, images, encoder)
                     else:
-                        wall, ages, failures = run_pipelined(target, images, encoder, float(mode.split()[-1]))
+                        wall, ages, server, failures = run_pipelined(
+                            target, images, encoder, float(mode.split()[-1])
+                        )
                     fps = len(ages) / wall
-                    rows.append((link, mode, fps, statistics.median(ages), percentile(ages, 95), failures))
+                    rows.append((link, mode, fps, statistics.median(ages), percentile(ages, 95),
+                                 statistics.median(server), failures))
                     print(f"{link:22s} {mode:20s} {fps:5.2f} fps  age p50 {rows[-1][3]:6.1f} ms  "
-                          f"p95 {rows[-1][4]:6.1f} ms  failures {failures}", flush=True)
+                          f"p95 {rows[-1][4]:6.1f} ms  server p50 {rows[-1][5]:6.1f} ms  failures {failures}",
+                          flush=True)
     print(f"\n{len(images)} frames of {sampledata.SAMPLE_CLIP} per configuration, JPEG quality {args.quality}, "
           f"{args.warmup} warm-up frames\n")
-    print("| link | mode | frames/s | age p50 ms | age p95 ms | failures | vs sync |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| link | mode | frames/s | age p50 ms | age p95 ms | server p50 ms | failures | vs sync |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     sync_fps = {link: fps for link, mode, fps, *_ in rows if mode == "sync"}
-    for link, mode, fps, p50, p95, failures in rows:
-        print(f"| {link} | {mode} | {fps:.2f} | {p50:.1f} | {p95:.1f} | {failures} | {fps / sync_fps[link]:.2f}x |")
+    for link, mode, fps, p50, p95, server, failures in rows:
+        print(f"| {link} | {mode} | {fps:.2f} | {p50:.1f} | {p95:.1f} | {server:.1f} | {failures} "
+              f"| {fps / sync_fps[link]:.2f}x |")
     return 0
 
 

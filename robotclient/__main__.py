@@ -33,7 +33,7 @@ def _add_offload_arguments(parser: argparse.ArgumentParser, *, local_default: bo
     parser.add_argument("--max-width", type=int, default=None, help="downscale frames wider than this before sending")
     parser.add_argument("--in-flight", type=int, default=2, help="requests in flight at once (1 = synchronous)")
     parser.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline from capture, seconds")
-    parser.add_argument("--pace", type=float, default=1.15,
+    parser.add_argument("--pace", type=float, default=1.1,
                         help="min gap between sends in units of the server's slowest-detector time; 0 = send "
                              "whenever a slot is free")
     parser.add_argument("-o", "--max-objects", type=int, default=10, help="maximum detections per reply")

@@ -63,7 +63,7 @@ class OffloadConfig:
     dialect: str = "v1"
     max_in_flight: int = 2
     deadline_s: float = 1.0
-    pace: float = 1.15  # min gap between sends, in units of the server's bottleneck time; 0 = send when a slot frees
+    pace: float = 1.1  # min gap between sends, in units of the server's bottleneck time; 0 = send when a slot frees
     encoder: FrameEncoder = field(default_factory=FrameEncoder)
     request: RequestOptions = field(default_factory=RequestOptions)
     backoff: Backoff = field(default_factory=Backoff)
