@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -20,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-port", type=int, default=-1, help="aggregator MJPEG live view port; -1 disables")
     parser.add_argument("--log-dir", type=Path, default=None, help="write each service's JSON log here")
     parser.add_argument("--yolo-device", default="cpu", help="passed to yolodetection --device")
+    parser.add_argument("--yolo-args", default="", help="more yolodetection arguments, e.g. "
+                        "'--engine onnxruntime --precision int8'")
+    parser.add_argument("--face-args", default="", help="more facedetection arguments, e.g. '--min-size 48'")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -28,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(args.face_port, args.yolo_port, args.port, host=args.host,
-                       yolo_args=["--device", args.yolo_device],
+                       yolo_args=["--device", args.yolo_device, *shlex.split(args.yolo_args)],
+                       face_args=shlex.split(args.face_args),
                        aggregator_args=["--web-port", str(args.web_port)], log_dir=args.log_dir)
     try:
         stack.start()

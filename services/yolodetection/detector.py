@@ -6,7 +6,7 @@ import configparser
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -16,12 +16,7 @@ from protos import detection_v1_pb2 as v1
 from services.common.detections import Found
 from services.common.imaging import center_color
 from services.yolodetection.decode import decode_heads
-
-DEVICES = ("cpu", "cuda")
-
-
-class DeviceUnavailable(RuntimeError):
-    """The requested inference device is not usable with this OpenCV build or machine."""
+from services.yolodetection.engines import EngineRequest, ModelFiles, open_engine
 
 
 @dataclass(frozen=True)
@@ -33,16 +28,13 @@ class YoloParams:
     nms_threshold: float = 0.4
     # Network input (width, height); None: the [net] section of the cfg.
     input_size: tuple[int, int] | None = None
-    device: str = "cpu"
-    allow_fallback: bool = False
+    engine: EngineRequest = field(default_factory=EngineRequest)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf_threshold <= 1.0:
             raise ValueError(f"confidence threshold must be in [0, 1]; got {self.conf_threshold}")
         if not 0.0 <= self.nms_threshold <= 1.0:
             raise ValueError(f"NMS threshold must be in [0, 1]; got {self.nms_threshold}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -59,31 +51,6 @@ def cfg_input_size(cfg: Path) -> tuple[int, int]:
     return int(parser["net"]["width"]), int(parser["net"]["height"])
 
 
-def cuda_device_count() -> int:
-    try:
-        return cv2.cuda.getCudaEnabledDeviceCount()
-    except (AttributeError, cv2.error):
-        return 0
-
-
-def select_backend(net: cv2.dnn.Net, device: str, allow_fallback: bool) -> str:
-    """Configures the net for ``device``; returns the device really used."""
-    if device == "cuda":
-        if cuda_device_count() > 0:
-            net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)
-            net.setPreferableTarget(cv2.dnn.DNN_TARGET_CUDA)
-            return "cuda"
-        reason = (
-            f"--device cuda: this OpenCV {cv2.__version__} build has no CUDA DNN backend or sees no GPU "
-            "(the PyPI wheels are CPU-only; build OpenCV with -DWITH_CUDA=ON -DOPENCV_DNN_CUDA=ON)"
-        )
-        if not allow_fallback:
-            raise DeviceUnavailable(reason + "; pass --allow-fallback to run on the CPU instead")
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    return "cpu"
-
-
 class YoloDetector:
     engine = v1.ENGINE_YOLO
 
@@ -95,10 +62,10 @@ class YoloDetector:
         self.clock = clock
         self.class_names = read_class_names(params.names)
         self.input_size = params.input_size or cfg_input_size(params.cfg)
-        self.net = cv2.dnn.readNetFromDarknet(str(params.cfg), str(params.weights))
-        self.device = select_backend(self.net, params.device, params.allow_fallback)
-        self.output_names = list(self.net.getUnconnectedOutLayersNames())
-        # A cv2.dnn.Net runs one forward at a time.
+        self.engine_impl = open_engine(ModelFiles(params.cfg, params.weights, self.input_size), params.engine)
+        # What served_by and health report: engine, device really used, precision.
+        self.device = f"{self.engine_impl.name}:{self.engine_impl.device}:{self.engine_impl.precision}"
+        # An engine runs one inference at a time.
         self._lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -120,14 +87,13 @@ class YoloDetector:
         t1 = self.clock()
         with self._lock:
             t2 = self.clock()
-            self.net.setInput(blob)
-            outputs = self.net.forward(self.output_names)
+            outputs = self.engine_impl.infer(blob)
         t3 = self.clock()
         timings_ms["preprocess"] = (t1 - t0) * 1000.0
         # "wait" is time queued behind other frames for the network; "dnn" is the forward pass itself.
         timings_ms["wait"] = (t2 - t1) * 1000.0
         timings_ms["dnn"] = (t3 - t2) * 1000.0
-        return list(outputs)
+        return [head[0] for head in outputs]
 
     def detect(self, image: np.ndarray, scale: float, timings_ms: dict[str, float]) -> list[Found]:
         heads = self.heads(image, timings_ms)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from services.facedetection.detector import FaceParams, HaarFaceDetector, level_weight_confidence
-from services.yolodetection.detector import DeviceUnavailable, YoloDetector, YoloParams, cuda_device_count
+from services.yolodetection.detector import YoloDetector, YoloParams
+from services.yolodetection.engines import DeviceUnavailable, EngineRequest
+from services.yolodetection.engines.opencv_engine import cuda_device_count
 from services.yolodetection.model import ModelPaths
 from tests.conftest import iou
 
@@ -71,27 +73,29 @@ def test_yolo_finds_the_pedestrians_of_vtest(yolo: YoloDetector, vtest_frames: l
 
 def test_yolo_reads_the_input_size_from_the_cfg(yolo: YoloDetector) -> None:
     assert yolo.input_size == (416, 416)
-    assert len(yolo.output_names) == 2  # YOLOv3-tiny has two heads; both are decoded
+    heads = yolo.engine_impl.infer(np.zeros((1, 3, 416, 416), np.float32))
+    assert [h.shape for h in heads] == [(1, 507, 85), (1, 2028, 85)]  # YOLOv3-tiny's two heads, both decoded
     assert yolo.decode_reduction(1920, 1080) == 2
     assert yolo.decode_reduction(768, 576) == 1
 
 
 @pytest.mark.skipif(cuda_device_count() > 0, reason="this OpenCV build has CUDA: the refusal cannot be shown")
 def test_cuda_without_a_cuda_build_fails_at_start_unless_fallback_is_allowed(model_paths: ModelPaths) -> None:
-    params = YoloParams(model_paths.cfg, model_paths.weights, model_paths.names, device="cuda")
+    params = YoloParams(model_paths.cfg, model_paths.weights, model_paths.names, engine=EngineRequest(device="cuda"))
     with pytest.raises(DeviceUnavailable, match="--allow-fallback"):
         YoloDetector(params)
-    fallback = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names, device="cuda",
-                                       allow_fallback=True))
-    assert fallback.device == "cpu"
+    fallback = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names,
+                                       engine=EngineRequest(device="cuda", allow_fallback=True)))
+    assert fallback.device == "opencv:cpu:fp32"
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(cuda_device_count() == 0, reason="needs an OpenCV build with CUDA and a GPU")
 def test_cuda_backend_gives_the_cpu_detections(model_paths: ModelPaths, vtest_frames: list[np.ndarray]) -> None:
     cpu = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names))
-    gpu = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names, device="cuda"))
-    assert gpu.device == "cuda"
+    gpu = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names,
+                                  engine=EngineRequest(device="cuda")))
+    assert gpu.device == "opencv:cuda:fp32"
     for frame in vtest_frames[:3]:
         a = [(f.class_id, f.x, f.y) for f in cpu.detect(frame, 1.0, {})]
         b = [(f.class_id, f.x, f.y) for f in gpu.detect(frame, 1.0, {})]

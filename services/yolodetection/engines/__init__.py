@@ -1,0 +1,27 @@
+"""YOLO inference engines behind one interface; ``open_engine`` picks one from the operator's request."""
+
+from __future__ import annotations
+
+from services.yolodetection.engines.base import (
+    DEVICES,
+    ENGINES,
+    PRECISIONS,
+    DeviceUnavailable,
+    EngineRequest,
+    InferenceEngine,
+    ModelFiles,
+)
+
+__all__ = [
+    "DEVICES", "ENGINES", "PRECISIONS", "DeviceUnavailable", "EngineRequest", "InferenceEngine", "ModelFiles",
+    "open_engine",
+]
+
+
+def open_engine(model: ModelFiles, request: EngineRequest) -> InferenceEngine:
+    """The engine asked for, on the device asked for; DeviceUnavailable (with why) when it cannot run here."""
+    if request.engine == "opencv":
+        from services.yolodetection.engines.opencv_engine import OpenCVEngine
+
+        return OpenCVEngine(model, request)
+    raise DeviceUnavailable(f"--engine {request.engine} is not available in this build")
