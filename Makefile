@@ -18,14 +18,16 @@ setup: $(STAMP) protos
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,onnx,openvino]'
 	touch $(STAMP)
 
 protos: $(STAMP)
 	$(PY) -m protos.generate > /dev/null
 
-models: setup
+# The Darknet files, then their ONNX conversion and its INT8 quantization (calibrated on the sample clip).
+models: setup data
 	$(PY) -m services.yolodetection.model
+	$(PY) -m services.yolodetection.quantize
 
 data: setup
 	$(PY) -m robotclient.sampledata

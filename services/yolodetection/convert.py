@@ -290,6 +290,8 @@ def save_atomically(model: onnx.ModelProto, path: Path) -> None:
             f.write(model.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private; a model built at image build time is read by a non-root user.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

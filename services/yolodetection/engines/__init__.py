@@ -24,4 +24,12 @@ def open_engine(model: ModelFiles, request: EngineRequest) -> InferenceEngine:
         from services.yolodetection.engines.opencv_engine import OpenCVEngine
 
         return OpenCVEngine(model, request)
+    if request.engine == "onnxruntime":
+        from services.yolodetection.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(model, request)
+    if request.engine == "openvino":
+        from services.yolodetection.engines.openvino_engine import OpenVinoEngine
+
+        return OpenVinoEngine(model, request)
     raise DeviceUnavailable(f"--engine {request.engine} is not available in this build")

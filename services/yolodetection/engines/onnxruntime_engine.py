@@ -1,0 +1,92 @@
+"""YOLO on ONNX Runtime: CPU, CUDA (``onnxruntime-gpu``) or Intel devices (OpenVINO execution provider).
+
+Runs the ONNX model converted from the Darknet files (``services.yolodetection.convert``), FP32 or
+its INT8 quantization (``services.yolodetection.quantize``). ONNX Runtime silently falls back to the
+CPU when a provider cannot start (e.g. missing CUDA libraries), so the provider really used is read
+back from the session and a requested device that did not start is refused, as with any engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from services.yolodetection.engines.base import DeviceUnavailable, EngineRequest, ModelFiles
+from services.yolodetection.engines.models import model_for
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+_OPENVINO_DEVICE = {"gpu": "GPU", "npu": "NPU"}
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise DeviceUnavailable(
+            "--engine onnxruntime needs the onnxruntime package: pip install 'robomesh[onnx]' "
+            "(or 'robomesh[cuda]' for onnxruntime-gpu)"
+        ) from err
+    return onnxruntime
+
+
+def _providers(device: str, available: list[str]) -> tuple[list[Any], str] | str:
+    """The provider list for ``device`` and the name of the device it gives, or why it cannot run here."""
+    if device == "cpu":
+        return [CPU], "cpu"
+    if device == "cuda" or (device == "auto" and CUDA in available):
+        if CUDA not in available:
+            return ("--engine onnxruntime --device cuda: this onnxruntime has no CUDAExecutionProvider "
+                    "(install onnxruntime-gpu instead of onnxruntime: pip install 'robomesh[cuda]')")
+        return [(CUDA, {"device_id": 0}), CPU], "cuda:0"
+    if device in _OPENVINO_DEVICE:
+        if OPENVINO not in available:
+            return (f"--engine onnxruntime --device {device}: this onnxruntime has no OpenVINOExecutionProvider "
+                    f"(pip install onnxruntime-openvino, or use --engine openvino --device {device})")
+        return [(OPENVINO, {"device_type": _OPENVINO_DEVICE[device]}), CPU], f"openvino-ep:{_OPENVINO_DEVICE[device]}"
+    if device == "myriad":
+        return ("--device myriad: the Movidius VPU (MYRIAD) needs OpenVINO 2022.3 LTS and a converted IR; "
+                "use --engine openvino with that release (see README), or --device npu on its successor")
+    return [CPU], "cpu"  # auto without CUDA
+
+
+class OnnxRuntimeEngine:
+    name = "onnxruntime"
+    max_batch = 16
+
+    def __init__(self, model: ModelFiles, request: EngineRequest) -> None:
+        ort = import_onnxruntime()
+        available = list(ort.get_available_providers())
+        choice = _providers(request.device, available)
+        if isinstance(choice, str):
+            if not request.allow_fallback:
+                raise DeviceUnavailable(choice + "; pass --allow-fallback to run on the CPU instead")
+            log.warning("device unavailable, falling back to the CPU", extra={"reason": choice})
+            choice = ([CPU], "cpu")
+        providers, device = choice
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if request.threads:
+            options.intra_op_num_threads = request.threads
+        self.precision = request.precision
+        self.path = model_for(model, request.precision)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        used = self.session.get_providers()[0]
+        if used != wanted:
+            reason = f"--engine onnxruntime --device {request.device}: {wanted} did not start (session runs on {used})"
+            if not request.allow_fallback:
+                raise DeviceUnavailable(reason + "; pass --allow-fallback to run on the CPU instead")
+            log.warning("device did not start, running on the CPU", extra={"reason": reason})
+            device = "cpu"
+        self.device = device
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, blob: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(self.output_names, {self.input_name: blob}))

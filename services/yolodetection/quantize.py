@@ -1,0 +1,120 @@
+"""INT8 post-training static quantization of the converted YOLO model, calibrated on real frames.
+
+``python -m services.yolodetection.quantize [--clip vtest.avi]`` (``make models`` runs it) writes
+``<model>-int8.onnx`` next to the FP32 ONNX model: ONNX Runtime static QDQ, weights int8 per
+channel, activations uint8, ranges from the calibration frames. Only convolutions are quantized:
+the YOLO head decoding (sigmoid, exp, grid offsets) stays in float, so boxes keep their
+geometry. Calibrate on frames the benchmark does not score (the default is the first 300 frames
+of the clip; ``bench/engine_bench.py`` scores held-out frames from 400 on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from services.yolodetection.convert import ensure_onnx
+from services.yolodetection.detector import cfg_input_size
+from services.yolodetection.model import cache_dir, default_model_paths
+
+# Calibration frames: [start, stop) every step-th frame of the clip.
+DEFAULT_FRAMES = (0, 300, 3)
+
+
+def int8_path(fp32: Path) -> Path:
+    return fp32.with_name(fp32.stem + "-int8.onnx")
+
+
+def default_clip() -> Path:
+    return cache_dir().parent.parent / "data" / "vtest.avi"
+
+
+def calibration_blobs(clip: Path, frames: tuple[int, int, int], input_size: tuple[int, int]) -> list[np.ndarray]:
+    """Network inputs exactly as the detector prepares them (plain resize, RGB, 1/255)."""
+    start, stop, step = frames
+    capture = cv2.VideoCapture(str(clip))
+    if not capture.isOpened():
+        raise FileNotFoundError(f"cannot open calibration clip {clip} (run `make data`)")
+    blobs = []
+    try:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+        for number in range(start, stop):
+            ok, image = capture.read()
+            if not ok:
+                break
+            if (number - start) % step == 0:
+                blobs.append(cv2.dnn.blobFromImage(image, 1 / 255.0, input_size, swapRB=True, crop=False))
+    finally:
+        capture.release()
+    if not blobs:
+        raise ValueError(f"no calibration frames in {clip} for range {frames}")
+    return blobs
+
+
+class _BlobReader:
+    """onnxruntime's CalibrationDataReader protocol over prepared blobs."""
+
+    def __init__(self, input_name: str, blobs: Sequence[np.ndarray]) -> None:
+        self._items: Iterator[dict[str, np.ndarray]] = iter([{input_name: b} for b in blobs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def quantize(fp32: Path, out: Path, blobs: Sequence[np.ndarray]) -> Path:
+    """Static QDQ quantization of ``fp32`` into ``out`` (written atomically)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    input_name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        partial = Path(tmp) / out.name
+        quantize_static(
+            str(prepared), str(partial), _BlobReader(input_name, blobs),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            per_channel=True, op_types_to_quantize=["Conv"], calibrate_method=CalibrationMethod.MinMax,
+        )
+        os.replace(partial, out)
+    return out
+
+
+def ensure_int8(cfg: Path, weights: Path, clip: Path, frames: tuple[int, int, int] = DEFAULT_FRAMES,
+                force: bool = False) -> Path:
+    input_size = cfg_input_size(cfg)
+    fp32 = ensure_onnx(cfg, weights, input_size)
+    out = int8_path(fp32)
+    if out.is_file() and not force and out.stat().st_mtime >= fp32.stat().st_mtime:
+        return out
+    return quantize(fp32, out, calibration_blobs(clip, frames, input_size))
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = default_model_paths()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cfg", type=Path, default=defaults.cfg)
+    parser.add_argument("--weights", type=Path, default=defaults.weights)
+    parser.add_argument("--clip", type=Path, default=default_clip(), help="calibration video (default: vtest.avi)")
+    parser.add_argument("--frames", default=":".join(map(str, DEFAULT_FRAMES)),
+                        help="calibration frames START:STOP:STEP (default %(default)s)")
+    parser.add_argument("--force", action="store_true", help="quantize again even if the INT8 model exists")
+    args = parser.parse_args(argv)
+    try:
+        start, stop, step = (int(v) for v in args.frames.split(":"))
+    except ValueError:
+        parser.error(f"--frames must be START:STOP:STEP; got {args.frames!r}")
+    print(ensure_int8(args.cfg, args.weights, args.clip, (start, stop, step), args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
