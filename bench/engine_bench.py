@@ -90,6 +90,7 @@ SECTIONS = ("engines", "served", "mesh")
 REFERENCE = "opencv:cpu:fp32"
 CONF_THRESHOLD, NMS_THRESHOLD, MATCH_IOU = 0.5, 0.4, 0.5
 BATCH = 4
+WARMUP_CALLS = 5  # after the first inference, before timing (thread pools, caches, lazy allocations)
 START_TIMEOUT_S = 300.0  # first start of an INT8 server may convert and calibrate the model
 
 # Targets. INT8 agreement with FP32 on held-out frames; the whole mesh with the "best" configuration.
@@ -220,7 +221,7 @@ def machine_info() -> dict[str, object]:
     notes = []
     if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25" and per_cycle == 64:
         notes.append("AMD family 25 (Zen 4) runs 512-bit FMAs as two 256-bit halves: its sustained FP32 peak "
-                     f"is half the avx512f rule ({peak / 2:.0f} GFLOP/s)")
+                     f"is half the avx512f rule ({peak / 2:.0f} GFLOP/s at the reported clock)")
     siblings, physical = info.get("siblings"), info.get("cpu cores")
     if siblings and physical and siblings != physical:
         notes.append(f"{siblings} logical CPUs on {physical} physical cores per package (SMT): "
@@ -446,7 +447,7 @@ def run_engine(key: str, files: ModelFiles, blobs: Sequence[np.ndarray], holdout
     row.cache_written = sorted(n for n, m in after.items() if before.get(n) != m)
     row.runs_as, row.max_batch = f"{engine.name}:{engine.device}:{engine.precision}", int(engine.max_batch)
     try:
-        for blob in blobs[1:3]:
+        for blob in blobs[1:1 + WARMUP_CALLS]:
             engine.infer(blob)
         times = []
         for blob in blobs:
@@ -501,7 +502,7 @@ def engines_section(args: argparse.Namespace, files: ModelFiles, jpegs: Sequence
             print(f"  {key:28s} {time.monotonic() - started:5.1f} s: b1 p50 {row.b1_p50_ms:6.1f} ms", flush=True)
         rows.append(row)
     if unavailable := sum(not r.available for r in rows):
-        print(f"  {unavailable} more combinations not available (why: below)", flush=True)
+        print(f"  {unavailable} more combination(s) not available (why: below)", flush=True)
     print_engines(rows, flops, peak_gflops, len(jpegs), args.holdout_start, len(holdout_jpegs))
     return rows
 
@@ -517,9 +518,8 @@ def print_engines(rows: Sequence[EngineRow], flops: int, peak: float, frames: in
           [[r.key, r.runs_as, fmt(r.open_s, 2), fmt(r.first_infer_s, 2), fmt(r.b1_p50_ms), fmt(r.b1_p95_ms),
             fmt(r.bn_p50_ms), fmt(r.bn_p95_ms), fmt(r.gflops_b1), fmt(100 * r.gflops_b1 / peak),
             fmt(r.gflops_bn), fmt(100 * r.gflops_bn / peak)] for r in available])
-    if any(r.precision == "int8" for r in available):
-        print("\n  int8 rows: % of the FP32 peak; an INT8 peak (e.g. avx512_vnni) is higher, so these are not "
-              "bounded by 100")
+    print("\n  GFLOP/s counts the direct convolution's FLOPs: an engine that computes fewer (Winograd) or "
+          "uses INT8 (avx512_vnni) can pass 100 % of the FP32 peak")
     written = [f"{r.key}: {', '.join(r.cache_written)}" for r in available if r.cache_written]
     if written:
         print("\n  load includes building cached model files: " + "; ".join(written))
@@ -686,7 +686,7 @@ def served_section(args: argparse.Namespace, jpegs: Sequence[bytes], rows: Seque
             if not budget.allows(f"served {key} batching {label}"):
                 result.error = "skipped: time budget"
                 continue
-            log_path = log_dir / f"yolodetection-{key.replace(':', '-')}-{label}.log"
+            log_path = log_dir / f"yolodetection-{key.replace(':', '-')}-batching-{label.replace('/', '')}.log"
             server = ServiceProcess("yolodetection", free_port(), ["--metrics-port", "-1", *server_args],
                                     log_path=log_path)
             sender = None
@@ -926,7 +926,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{info['onnxruntime']}, OpenVINO {info['openvino']}")
     print(f"nominal FP32 peak: {info['nproc']} cores x {info['cpu_mhz'] / 1000:.2f} GHz ('cpu MHz' in "
           f"/proc/cpuinfo) x {info['peak_flop_per_cycle_per_core']} FLOP/cycle ({info['peak_isa']}) = "
-          f"{info['peak_fp32_gflops']:.0f} GFLOP/s; nominal: no turbo, no throttling, the VM's reported clock")
+          f"{info['peak_fp32_gflops']:.0f} GFLOP/s\n  nominal: the clock the VM reports (a boost clock may be higher), "
+          "no throttling, every core free")
     for note in info["peak_notes"]:  # type: ignore[attr-defined]
         print(f"  note: {note}")
 
