@@ -10,7 +10,7 @@ from pathlib import Path
 from protos import detection_v1_pb2 as v1
 from services.common.config import add_server_arguments, env_default
 from services.common.detector_main import add_detector_arguments, run_detector_server
-from services.yolodetection.detector import YoloDetector, YoloParams
+from services.yolodetection.detector import DEFAULT_MAX_BATCH, YoloDetector, YoloParams
 from services.yolodetection.engines import DEVICES, ENGINES, PRECISIONS, EngineRequest
 from services.yolodetection.model import default_model_paths
 
@@ -49,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env_default("YOLO_ALLOW_FALLBACK", "") in ("1", "true", "yes"),
                    help="run on the CPU when the requested device is missing, instead of failing "
                         "[YOLO_ALLOW_FALLBACK]")
+    b = parser.add_argument_group("dynamic batching")
+    b.add_argument("--max-batch", type=int, default=env_default("YOLO_MAX_BATCH", 0),
+                   help="largest batch of concurrent frames run as one forward pass; 1: batching off; "
+                        f"0: min({DEFAULT_MAX_BATCH}, the engine's limit), but 1 for opencv on the CPU, "
+                        "where batches were measured to cost throughput [YOLO_MAX_BATCH]")
+    b.add_argument("--batch-wait-ms", type=float, default=env_default("YOLO_BATCH_WAIT_MS", 2.0),
+                   help="longest a queued frame is held back for a frame known to be on its way (being "
+                        "decoded now); 0: never hold, run what is queued [YOLO_BATCH_WAIT_MS]")
+    b.add_argument("--max-queue", type=int, default=env_default("YOLO_MAX_QUEUE", 16),
+                   help="frames waiting for the engine beyond which new ones fail at once with "
+                        "RESOURCE_EXHAUSTED [YOLO_MAX_QUEUE]")
+    b.add_argument("--inject-engine-delay-ms", type=float, default=env_default("YOLO_INJECT_ENGINE_DELAY_MS", 0.0),
+                   help="fault injection: the engine sleeps this long before each batch (a slow engine: "
+                        "queueing tests) [YOLO_INJECT_ENGINE_DELAY_MS]")
     add_detector_arguments(parser)
     return parser
 
@@ -57,22 +71,35 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.input_size and args.input_size % 32:
         build_parser().error(f"--input-size must be a multiple of 32; got {args.input_size}")
+    if args.max_batch < 0 or args.max_queue < 1 or args.batch_wait_ms < 0 or args.inject_engine_delay_ms < 0:
+        build_parser().error("--max-batch must be >= 0, --max-queue >= 1, --batch-wait-ms and "
+                             "--inject-engine-delay-ms >= 0")
     params = YoloParams(
         cfg=args.cfg, weights=args.weights, names=args.names, conf_threshold=args.conf_threshold,
         nms_threshold=args.nms_threshold,
         engine=EngineRequest(engine=args.engine, device=args.device, precision=args.precision,
                              allow_fallback=args.allow_fallback, threads=args.engine_threads),
         input_size=(args.input_size, args.input_size) if args.input_size else None,
+        max_batch=args.max_batch, max_queue=args.max_queue, batch_wait_s=args.batch_wait_ms / 1000.0,
+        engine_delay_s=args.inject_engine_delay_ms / 1000.0,
     )
+    loaded: list[YoloDetector] = []  # to drain the batcher once the server has drained
 
     def load() -> YoloDetector:
         detector = YoloDetector(params)
+        loaded.append(detector)
         detector.warm_up()
         logging.getLogger(__name__).info(
-            "model ready", extra={"device": detector.device, "cfg": str(params.cfg), "input": detector.input_size})
+            "model ready", extra={"device": detector.device, "cfg": str(params.cfg), "input": detector.input_size,
+                                  "max_batch": detector.batcher.config.max_batch,
+                                  "max_queue": params.max_queue, "batch_wait_ms": args.batch_wait_ms})
         return detector
 
-    return run_detector_server("yolodetection", v1.ENGINE_YOLO, args, load)
+    try:
+        return run_detector_server("yolodetection", v1.ENGINE_YOLO, args, load)
+    finally:
+        for detector in loaded:
+            detector.close()
 
 
 if __name__ == "__main__":
