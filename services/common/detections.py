@@ -34,8 +34,13 @@ class Detector(Protocol):
     def decode_reduction(self, width: int, height: int) -> int:
         """How much the JPEG may be reduced while decoding (1, 2, 4 or 8) without losing detections."""
 
-    def detect(self, image: np.ndarray, scale: float, timings_ms: dict[str, float]) -> list[Found]:
-        """``scale`` maps ``image`` pixels back to frame pixels; stage times are added to ``timings_ms``."""
+    def detect(
+        self, image: np.ndarray, scale: float, timings_ms: dict[str, float], deadline: float | None = None,
+    ) -> list[Found]:
+        """``scale`` maps ``image`` pixels back to frame pixels; stage times are added to ``timings_ms``.
+
+        ``deadline`` (``time.monotonic``, None: none): the caller's; work still queued then is not started.
+        """
 
 
 def served_by_message(info: ServedByInfo) -> v1.ServedBy:

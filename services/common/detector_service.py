@@ -52,7 +52,8 @@ class DetectorCore:
         self.inject_delay_s = inject_delay_s
         self.sleep = sleep
 
-    def run(self, jpeg: bytes, max_results: int) -> FrameResult:
+    def run(self, jpeg: bytes, max_results: int, deadline: float | None = None) -> FrameResult:
+        """``deadline``: the caller's, as ``time.monotonic()`` (see ``deadline_of``)."""
         started = self.clock()
         cap = checked_max_results(max_results, self.max_results_limit)
         info = validate_jpeg(jpeg, self.limits)
@@ -65,7 +66,7 @@ class DetectorCore:
         image = decode_jpeg(jpeg, info, reduce)
         timings["decode"] = (self.clock() - t0) * 1000.0
         scale = info.width / image.shape[1]
-        found = detector.detect(image, scale, timings)
+        found = detector.detect(image, scale, timings, deadline)
         found.sort(key=lambda f: f.confidence, reverse=True)
         del found[cap:]
         timings["total"] = (self.clock() - started) * 1000.0
@@ -80,6 +81,12 @@ class DetectorCore:
             return self.served_by
 
 
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The caller's gRPC deadline on this process's monotonic clock (None when the call has none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 class DetectorV1Servicer:
     """``Detect`` of robomesh.detection.v1.FaceDetection / YoloDetection."""
 
@@ -91,7 +98,7 @@ class DetectorV1Servicer:
         def work() -> v1.DetectResponse:
             if request.engines and self.engine not in request.engines:
                 raise invalid(f"this service runs only {v1.Engine.Name(self.engine)}; got {list(request.engines)}")
-            result = self.core.run(request.frame.jpeg, request.max_results)
+            result = self.core.run(request.frame.jpeg, request.max_results, deadline_of(context))
             served_by = served_by_message(self.core.current_served_by())
             return v1.DetectResponse(
                 frame_number=request.frame.number,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from protos import detection_pb2 as legacy
-from services.common.detector_service import DetectorCore
+from services.common.detector_service import DetectorCore, deadline_of
 from services.common.rpc import handle_rpc
 
 
@@ -18,7 +18,7 @@ class LegacyFaceServicer:
     def FaceDetect(self, request: legacy.FaceDetectionRequest, context: grpc.ServicerContext
                    ) -> legacy.FaceDetectionResponse:
         def work() -> legacy.FaceDetectionResponse:
-            result = self.core.run(request.frame.img, request.max_results)
+            result = self.core.run(request.frame.img, request.max_results, deadline_of(context))
             return legacy.FaceDetectionResponse(
                 number=request.frame.number,
                 timestamp=request.frame.timestamp,
@@ -38,7 +38,7 @@ class LegacyYoloServicer:
     def YoloDetect(self, request: legacy.YoloDetectionRequest, context: grpc.ServicerContext
                    ) -> legacy.YoloDetectionResponse:
         def work() -> legacy.YoloDetectionResponse:
-            result = self.core.run(request.frame.img, request.max_results)
+            result = self.core.run(request.frame.img, request.max_results, deadline_of(context))
             return legacy.YoloDetectionResponse(
                 number=request.frame.number,
                 timestamp=request.frame.timestamp,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import prometheus_client as prom
 
 # Frame latencies run from a few ms (Haar on a small frame) to the 1 s robot deadline.
+# timings_ms entries that are counts, not durations.
+COUNT_KEYS = frozenset({"batch"})
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
@@ -25,6 +27,9 @@ class ServiceMetrics:
         self.detections = prom.Counter(
             "robomesh_detections", "Detections returned, by engine",
             [*labels, "engine"], registry=self.registry)
+        self.batch_size = prom.Histogram(
+            "robomesh_batch_size", "YOLO: frames in the engine batch each frame ran in",
+            list(labels), buckets=(1, 2, 3, 4, 6, 8, 12, 16), registry=self.registry)
         self.in_flight = prom.Gauge(
             "robomesh_requests_in_flight", "Requests being handled now", list(labels), registry=self.registry)
 
@@ -33,7 +38,11 @@ class ServiceMetrics:
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():
+            if stage in COUNT_KEYS:
+                continue
             self.stage_seconds.labels(**self._labels, stage=stage).observe(ms / 1000.0)
+        if "batch" in timings_ms:
+            self.batch_size.labels(**self._labels).observe(timings_ms["batch"])
 
     def observe_detector(self, detector: str, code: str, seconds: float) -> None:
         self.detector_seconds.labels(**self._labels, detector=detector, code=code).observe(seconds)

@@ -102,3 +102,26 @@ def test_sigterm_completes_the_queued_frames_then_exits(spawn: Spawner, vtest_jp
             reply = call.result(timeout=CALL_TIMEOUT_S)
             assert reply.frame_number == i and reply.detections
     assert server.process.wait(timeout=15) == 0
+
+
+def test_a_frame_whose_deadline_passes_in_the_queue_is_never_computed(spawn: Spawner,
+                                                                      vtest_jpegs: list[bytes]) -> None:
+    """The caller's gRPC deadline reaches the batcher: an expired frame does not delay the frames behind it."""
+    delay_s = 0.6
+    server = spawn("yolodetection", "--max-batch", "1", "--inject-engine-delay-ms", str(delay_s * 1000))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = v1_grpc.YoloDetectionStub(channel)
+        first = stub.Detect.future(v1_request(vtest_jpegs[0], number=0), timeout=CALL_TIMEOUT_S)
+        time.sleep(0.1)  # the first frame is in the engine
+        hurried = stub.Detect.future(v1_request(vtest_jpegs[1], number=1), timeout=0.3)
+        time.sleep(0.05)
+        started = time.monotonic()
+        last = stub.Detect.future(v1_request(vtest_jpegs[2], number=2), timeout=CALL_TIMEOUT_S)
+        assert last.result(timeout=CALL_TIMEOUT_S).frame_number == 2
+        last_s = time.monotonic() - started
+        assert first.result(timeout=CALL_TIMEOUT_S).frame_number == 0
+        with pytest.raises(grpc.RpcError) as error:
+            hurried.result(timeout=CALL_TIMEOUT_S)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Behind the first frame only (about 0.45 s of it left, then its own 0.6 s), not also behind the expired one.
+    assert last_s < 1.5 * delay_s + 0.45, last_s

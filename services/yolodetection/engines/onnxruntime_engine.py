@@ -73,6 +73,9 @@ class OnnxRuntimeEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if request.threads:
             options.intra_op_num_threads = request.threads
+        # Idle pool threads sleep instead of spinning: the spin steals the cores a neighbour (the face
+        # detector in the same pod or node) is computing on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.precision = request.precision
         self.path = model_for(model, request.precision)
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
