@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = parser.add_argument_group("dynamic batching")
     b.add_argument("--max-batch", type=int, default=env_default("YOLO_MAX_BATCH", 0),
                    help="largest batch of concurrent frames run as one forward pass; 1: batching off; "
-                        f"0: min({DEFAULT_MAX_BATCH}, the engine's limit), but 1 for opencv on the CPU, "
-                        "where batches were measured to cost throughput [YOLO_MAX_BATCH]")
+                        f"0: 1 on a CPU (compute-bound: batches do not pay), min({DEFAULT_MAX_BATCH}, the "
+                        "engine's limit) on CUDA/GPU/NPU [YOLO_MAX_BATCH]")
     b.add_argument("--batch-wait-ms", type=float, default=env_default("YOLO_BATCH_WAIT_MS", 2.0),
                    help="longest a queued frame is held back for a frame known to be on its way (being "
                         "decoded now); 0: never hold, run what is queued [YOLO_BATCH_WAIT_MS]")

@@ -290,3 +290,14 @@ def test_submit_checks_the_blob_shape() -> None:
     with pytest.raises(ValueError, match="one image blob"):
         batcher.submit(np.zeros((2, 3, 4, 4), np.float32))
     batcher.close(5)
+
+
+@pytest.mark.parametrize(("device", "limit", "expected"), [
+    ("cpu", 16, 1), ("CPU", 16, 1), ("cuda:0", 16, 8), ("GPU", 16, 8), ("openvino-ep:NPU", 16, 8), ("cuda:0", 4, 4),
+])
+def test_batching_is_on_by_default_only_on_accelerators(device: str, limit: int, expected: int) -> None:
+    from types import SimpleNamespace
+
+    from services.yolodetection.detector import default_max_batch
+
+    assert default_max_batch(SimpleNamespace(name="any", device=device, max_batch=limit)) == expected
