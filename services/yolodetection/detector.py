@@ -125,15 +125,16 @@ class YoloDetector:
         self.heads(np.full((height, width, 3), 127, dtype=np.uint8), {})
 
     def decode_reduction(self, width: int, height: int) -> int:
+        """Always 1: YOLO decodes the JPEG at full size.
+
+        Decoding at 1/2 size when the frame is still larger than the network input was measured on 40
+        vtest frames scaled to 1664x1248: 147 of 148 detections kept, 4 extra, and only 1.7 ms of 37 ms
+        saved per frame (the resize into the network input is cheap). Not identical, not worth it.
+        """
         # DetectorCore asks this first for every frame, before decoding it: the batcher takes it as the
         # sign that a frame is on its way (see the wait rule in services.yolodetection.batching).
         self.batcher.announce()
-        net_w, net_h = self.input_size
-        k = 1
-        for candidate in (2, 4, 8):
-            if width // candidate >= net_w and height // candidate >= net_h:
-                k = candidate
-        return k
+        return 1
 
     def heads(self, image: np.ndarray, timings_ms: dict[str, float], deadline: float | None = None) -> list[np.ndarray]:
         """Heads of one image, run in a batch with whatever other frames meet it at the engine.

@@ -75,7 +75,7 @@ def test_yolo_reads_the_input_size_from_the_cfg(yolo: YoloDetector) -> None:
     assert yolo.input_size == (416, 416)
     heads = yolo.engine_impl.infer(np.zeros((1, 3, 416, 416), np.float32))
     assert [h.shape for h in heads] == [(1, 507, 85), (1, 2028, 85)]  # YOLOv3-tiny's two heads, both decoded
-    assert yolo.decode_reduction(1920, 1080) == 2
+    assert yolo.decode_reduction(1920, 1080) == 1  # full-size decode: reduced decoding changed detections
     assert yolo.decode_reduction(768, 576) == 1
 
 
@@ -105,3 +105,4 @@ def test_cuda_backend_gives_the_cpu_detections(model_paths: ModelPaths, vtest_fr
 def test_missing_model_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="make models"):
         YoloDetector(YoloParams(tmp_path / "x.cfg", tmp_path / "x.weights", tmp_path / "x.names"))
+
