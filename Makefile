@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup protos models data lint bench clean
+.PHONY: demo test setup protos models data lint bench bench-engines clean
 
 demo: setup models data
 	$(PY) -m robotclient demo
@@ -37,6 +37,9 @@ lint: setup
 
 bench: setup models data
 	$(PY) bench/mesh_bench.py
+
+bench-engines: setup models data
+	$(PY) bench/engine_bench.py
 
 clean:
 	rm -rf $(VENV) protos/*_pb2.py protos/*_pb2.pyi protos/*_pb2_grpc.py
