@@ -283,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=300, help="frames of the sample clip to replay")
     demo.set_defaults(func=cmd_demo)
 
+    from robotclient import experiment
+
+    exp = sub.add_parser("experiment", help="simulated robots against the mesh while routing steps are applied")
+    experiment.add_arguments(exp)
+    exp.set_defaults(func=experiment.main_args)
+
     fetch = sub.add_parser("fetch-data", help="fetch the sample images and clips")
     fetch.set_defaults(func=lambda _args: sampledata.main([]))
     return parser
