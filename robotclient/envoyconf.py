@@ -99,6 +99,20 @@ def for_host(services: Sequence[Mapping[str, Any]], host: str) -> Mapping[str, A
     return matching[-1]
 
 
+def destination_rules(documents: Iterable[Any]) -> list[dict[str, Any]]:
+    return [d for d in documents if isinstance(d, dict) and d.get("kind") == "DestinationRule"]
+
+
+def subsets(rules: Sequence[Mapping[str, Any]], host: str) -> dict[str, dict[str, str]]:
+    """Subset name → pod labels for ``host``: tells which local server stands in for which subset."""
+    found: dict[str, dict[str, str]] = {}
+    for rule in rules:
+        spec = rule.get("spec", {})
+        if short_host(spec.get("host", "")) == short_host(host):
+            found.update({s["name"]: dict(s.get("labels", {})) for s in spec.get("subsets", [])})
+    return found
+
+
 def weights_virtual_service(host: str, weights: Mapping[str, int], name: str | None = None) -> dict[str, Any]:
     """A one-route VirtualService splitting ``host`` over subsets: the schedule's ``weights:`` shortcut."""
     if sum(weights.values()) != 100:

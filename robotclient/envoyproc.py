@@ -87,6 +87,7 @@ class EnvoyProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._version = 0
+        self._routes: Mapping[str, Any] | None = None
         self.routes_dir = workdir / "routes"
         self.routes_path = self.routes_dir / "rds.yaml"
         self.config_path = workdir / "envoy.yaml"
@@ -112,6 +113,7 @@ class EnvoyProcess:
         staging = self.workdir / f".rds-{version}.yaml"
         staging.write_text(envoyconf.to_yaml(envoyconf.discovery_response(route_config, version)))
         os.replace(staging, self.routes_path)  # atomic: Envoy sees the old file or the new one
+        self._routes = route_config
         return version
 
     def start(self, virtual_service: Mapping[str, Any], timeout_s: float = 20.0) -> EnvoyProcess:
@@ -129,7 +131,11 @@ class EnvoyProcess:
 
     def switch(self, virtual_service: Mapping[str, Any], timeout_s: float = 10.0) -> str:
         """Install the routes of ``virtual_service``; returns once Envoy serves them."""
-        version = self._write_routes(envoyconf.route_configuration(virtual_service, self.host))
+        routes = envoyconf.route_configuration(virtual_service, self.host)
+        if routes == self._routes:
+            # Envoy ignores an identical RouteConfiguration (same hash) and keeps the old version number.
+            return str(self._version)
+        version = self._write_routes(routes)
         self._wait_version(version, timeout_s)
         return version
 

@@ -170,8 +170,11 @@ def plot(summary: Mapping[str, Any], path: Path, title: str = "") -> Path:
     versions = sorted({v for w in rows for v in w["split"]})
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     if versions:
-        top.stackplot(centres, [[w["split"].get(v, 0.0) for w in rows] for v in versions], labels=versions,
-                      alpha=0.85)
+        bottoms = [0.0] * len(rows)
+        for v in versions:  # stacked bars, one per window: no interpolation across a switch
+            shares = [w["split"].get(v, 0.0) for w in rows]
+            top.bar(centres, shares, width=width * 0.95, bottom=bottoms, label=v, alpha=0.85)
+            bottoms = [b + s for b, s in zip(bottoms, shares, strict=True)]
         top.legend(loc="upper right", fontsize=8)
     top.set_ylabel(f"split by {summary['split_by']} (%)")
     top.set_ylim(0, 100)
