@@ -348,3 +348,18 @@ def bootstrap(
 
 def to_yaml(document: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(document), sort_keys=False)
+
+
+def haproxy_config(listen_port: int, weighted: Mapping[str, tuple[Endpoint, int]]) -> str:
+    """The bare-metal alternative (the original seed's balancer): HTTP/2 both ways, weighted round robin.
+
+    Deterministic where Envoy is random: 90/10 is exactly 9 of every 10 calls. No header routes, retries
+    or faults: those need Envoy.
+    """
+    servers = "\n".join(f"    server {name} {ep.host}:{ep.port} proto h2 weight {weight}"
+                        for name, (ep, weight) in weighted.items())
+    return (
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n"
+        f"frontend grpc\n    bind 127.0.0.1:{listen_port} proto h2\n    default_backend subsets\n"
+        f"backend subsets\n    balance roundrobin\n{servers}\n"
+    )

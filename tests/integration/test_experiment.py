@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,23 @@ def test_schedule_switches_versions_between_phases(endpoints: dict[str, envoycon
     assert first["count"] >= 20 and second["count"] >= 20
     assert (out / "replies.csv").read_text().count("\n") == first["count"] + second["count"] + 1
     assert (out / "plot.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy (apt-get install haproxy)")
+def test_haproxy_weighted_round_robin_is_exact(endpoints: dict[str, envoyconf.Endpoint], frames: list[Any],
+                                               tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(envoyconf.haproxy_config(port, {"v1": (endpoints["v1"], 90), "v2": (endpoints["v2"], 10)}))
+    check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as proxy:
+        try:
+            wait_serving(f"127.0.0.1:{port}", 10.0, proxy)
+            config_load = LoadConfig(target=f"127.0.0.1:{port}", robot_ids=("1",), fps=100.0,
+                                     service="yolodetection", engines=("yolo",), max_frames=50)
+            records, _ = run_phases(config_load, [Phase("run", 60.0)], frames, None)
+        finally:
+            proxy.terminate()
+    assert split_percent(records, "version") == {"v1": 90.0, "v2": 10.0}
