@@ -53,11 +53,11 @@ def test_engines_default_to_all_and_unknown_ones_are_refused_by_name() -> None:
         wanted_engines([42], available)
 
 
-def test_only_tracing_headers_are_forwarded() -> None:
+def test_only_tracing_headers_and_the_robot_id_are_forwarded() -> None:
     incoming = [("x-request-id", "r1"), ("traceparent", "00-abc"), ("x-b3-traceid", "t"), ("b3", "x"),
-                ("tracestate", "s"), ("authorization", "secret"), ("user-agent", "grpc")]
+                ("tracestate", "s"), ("authorization", "secret"), ("user-agent", "grpc"), ("x-robot-id", "2")]
     assert dict(tracing_metadata(incoming)) == {"x-request-id": "r1", "traceparent": "00-abc", "x-b3-traceid": "t",
-                                                "b3": "x", "tracestate": "s"}
+                                                "b3": "x", "tracestate": "s", "x-robot-id": "2"}
 
 
 def _det(name: str, engine: int, confidence: float) -> v1.Detection:
