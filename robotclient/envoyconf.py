@@ -93,10 +93,21 @@ def virtual_services(documents: Iterable[Any]) -> list[dict[str, Any]]:
 def for_host(services: Sequence[Mapping[str, Any]], host: str) -> Mapping[str, Any]:
     """The one VirtualService that routes ``host``; the last one wins, as when step files are applied in order."""
     wanted = short_host(host)
-    matching = [vs for vs in services if wanted in {short_host(h) for h in vs.get("spec", {}).get("hosts", [])}]
+    matching = [vs for vs in services if wanted in routed_hosts(vs)]
     if not matching:
         raise ValueError(f"no VirtualService routes host {host!r}")
     return matching[-1]
+
+
+def routed_hosts(service: Mapping[str, Any]) -> set[str]:
+    """The short hosts a VirtualService routes. A gateway-bound one has ``hosts: ["*"]`` (the robot's
+    request names the gateway, not a service): then the hosts it routes to are its destinations."""
+    spec = service.get("spec", {})
+    hosts = {short_host(h) for h in spec.get("hosts", []) if h != "*"}
+    if "*" in spec.get("hosts", []):
+        hosts |= {short_host(r["destination"]["host"]) for http in spec.get("http", []) for r in http.get("route", [])
+                  if r.get("destination", {}).get("host")}
+    return hosts
 
 
 def destination_rules(documents: Iterable[Any]) -> list[dict[str, Any]]:

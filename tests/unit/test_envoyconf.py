@@ -137,3 +137,12 @@ def test_envoy_accepts_the_file_watched_routes_bootstrap(tmp_path: Path) -> None
     path.write_text(ec.to_yaml(config))
     result = validate(path, base_id=18010)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("step", sorted(ISTIO.glob("objectdetection-*.yaml")), ids=lambda p: p.name)
+def test_gateway_bound_objectdetection_steps_are_found_by_their_destination(step: Path) -> None:
+    """The edge/cloud steps route the gateway (hosts "*"): they are still the objectdetection routes."""
+    service = ec.for_host(ec.virtual_services(load_documents([step])), "objectdetection")
+    assert "*" in service["spec"]["hosts"]
+    config = ec.route_configuration(service, "objectdetection.robodemo.svc.cluster.local")
+    assert "edge" in ec.to_yaml(config) or "cloud" in ec.to_yaml(config)
