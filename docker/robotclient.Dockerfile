@@ -27,7 +27,7 @@
 # or derive an image. Without it, use --robot null or sim (the default command below uses null).
 # Not built on the machine where it was written (no Docker engine, no arm64, no Raspberry Pi archive
 # reachable there): checked statically; the pip resolution was dry-run for linux/arm64.
-# Expected size: about 0.75 GB (bookworm-slim 0.1 + picamera2/libcamera/python3 apt ~0.25 + venv ~0.35).
+# Expected size: about 0.8 GB (bookworm-slim 0.08 + python3/picamera2/libcamera and their apt deps ~0.3 + venv ~0.4).
 
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 
@@ -37,6 +37,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 # Raspberry Pi's archive key, ASCII-armoured (.asc: apt reads it as is; world-readable for apt's sandbox).
 ADD --chmod=644 https://archive.raspberrypi.com/debian/raspberrypi.gpg.key \
     /usr/share/keyrings/raspberrypi-archive-keyring.asc
+# hadolint ignore=DL3008
 RUN echo "deb [signed-by=/usr/share/keyrings/raspberrypi-archive-keyring.asc] http://archive.raspberrypi.com/debian/ bookworm main" \
       > /etc/apt/sources.list.d/raspi.list \
  && apt-get update \
@@ -46,6 +47,7 @@ RUN echo "deb [signed-by=/usr/share/keyrings/raspberrypi-archive-keyring.asc] ht
 # ---------------------------------------------------------------- builder: the project in a venv
 FROM base AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -57,7 +59,7 @@ COPY robotclient/ robotclient/
 # No extras (no [experiment]: matplotlib is for the experiment plots, not for the robot).
 RUN python3 -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/pip install . "numpy<2" \
- && cd / && /opt/venv/bin/python -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
+ && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime
 FROM base

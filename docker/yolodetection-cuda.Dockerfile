@@ -73,6 +73,7 @@ RUN /opt/tools/bin/python -m services.yolodetection.convert \
 FROM ${UBUNTU_IMAGE} AS builder
 ARG ORT_GPU=onnxruntime-gpu==1.26.0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -85,11 +86,12 @@ COPY robotclient/ robotclient/
 # to the release that matches the CUDA base above.
 RUN python3.12 -m venv /opt/venv \
  && /opt/venv/bin/pip install ".[cuda]" "${ORT_GPU}" \
- && cd / && /opt/venv/bin/python -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
+ && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.12 \
  && rm -rf /var/lib/apt/lists/* \

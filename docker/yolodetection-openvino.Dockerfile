@@ -14,7 +14,7 @@
 # releases, Ubuntu .debs): not in Debian, so not in this image; docs/images.md shows the derived image.
 # Not built on the machine where it was written (no Docker engine there): tests/deploy/test_docker.py
 # checks it statically and runs the same model, convert and quantize commands and docker/selftest.py.
-# Expected size: about 0.9 GB (slim 0.13 + venv with openvino ~0.3, onnx ~0.05, opencv/scipy ~0.36;
+# Expected size: about 0.85 GB (slim ~0.13 + venv ~0.64: openvino 0.18, onnx 0.03, opencv/scipy/numpy 0.4;
 # models 35 + 35 + 9 MB).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -76,11 +76,12 @@ COPY robotclient/ robotclient/
 # [openvino]: openvino + onnx (ensure_onnx reads the cached model's metadata with onnx). No onnxruntime.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install ".[openvino]" \
- && cd / && /opt/venv/bin/python -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
+ && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}
 # The OpenCL ICD loader, which OpenVINO's GPU plugin links against (the GPU driver itself is not here).
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ocl-icd-libopencl1 \
  && rm -rf /var/lib/apt/lists/* \

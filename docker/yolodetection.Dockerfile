@@ -8,7 +8,7 @@
 # write access anywhere: run it with a read-only root file system.
 # Not built on the machine where it was written (no Docker engine there): tests/deploy/test_docker.py
 # checks it statically and runs the model fetch, docker/selftest.py and docker/healthcheck.py for real.
-# Expected size: about 0.55 GB (python slim 0.13 + venv ~0.36 + model 35 MB).
+# Expected size: about 0.6 GB (python slim ~0.13 + venv ~0.43 + model 35 MB).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -33,10 +33,10 @@ COPY protos/ protos/
 COPY services/ services/
 COPY robotclient/ robotclient/
 # No extras: the opencv engine needs none (no onnx, no onnxruntime). setup.py's build_py runs
-# `python -m protos.generate`, so the gRPC stubs land in site-packages; checked from cwd /.
+# `python -m protos.generate`, so the gRPC stubs land in site-packages; checked there (-I: not /src).
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install . \
- && cd / && /opt/venv/bin/python -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
+ && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}
