@@ -22,6 +22,7 @@ class ServerConfig:
     max_message_bytes: int
     max_workers: int
     max_concurrent_rpcs: int
+    max_in_flight: int
     grace_s: float
     shutdown_delay_s: float
     log_level: str
@@ -30,6 +31,9 @@ class ServerConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerConfig:
+        if args.max_in_flight and args.max_in_flight >= args.max_workers:
+            raise SystemExit(f"--max-in-flight {args.max_in_flight} must be below --max-workers {args.max_workers}, "
+                             "so that health checks always find a thread")
         return cls(
             host=args.host,
             port=args.port,
@@ -37,6 +41,7 @@ class ServerConfig:
             max_message_bytes=args.max_message_bytes,
             max_workers=args.max_workers,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_in_flight=args.max_in_flight,
             grace_s=args.grace,
             shutdown_delay_s=args.shutdown_delay,
             log_level=args.log_level,
@@ -68,7 +73,11 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_port: int, def
     g.add_argument("--max-workers", type=int, default=env_default("MAX_WORKERS", 8),
                    help="threads handling RPCs [MAX_WORKERS]")
     g.add_argument("--max-concurrent-rpcs", type=int, default=env_default("MAX_CONCURRENT_RPCS", 32),
-                   help="RPCs in progress before new ones get RESOURCE_EXHAUSTED [MAX_CONCURRENT_RPCS]")
+                   help="hard outer bound on all RPCs, health checks included, enforced by grpc itself; "
+                        "keep it above --max-in-flight [MAX_CONCURRENT_RPCS]")
+    g.add_argument("--max-in-flight", type=int, default=env_default("MAX_IN_FLIGHT", 4),
+                   help="detection requests in progress before new ones get RESOURCE_EXHAUSTED at once; "
+                        "health and reflection are not counted; 0 = no bound [MAX_IN_FLIGHT]")
     g.add_argument("--grace", type=float, default=env_default("GRACE_PERIOD_S", 10.0),
                    help="seconds in-flight RPCs may finish after SIGTERM [GRACE_PERIOD_S]")
     g.add_argument("--shutdown-delay", type=float, default=env_default("SHUTDOWN_DELAY_S", 0.0),

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ServerConfig
+from services.common.guard import InFlightLimit, RequestGuard
 from services.common.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class ManagedServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
             options=grpc_options(config.max_message_bytes),
+            interceptors=[RequestGuard(InFlightLimit(config.max_in_flight), metrics)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
         )
         for reg in self.registrations:

@@ -18,6 +18,11 @@ from services.common.server import grpc_options
 # call arrives, so the caller's expires about one network transit earlier. With 5 ms, partial replies
 # arrived within a millisecond of the deadline and were lost (DEADLINE_EXCEEDED) on a loaded 2-core host.
 REPLY_MARGIN_S = 0.05
+# A detector that restarts (a pod rescheduled, a process killed) is reached again within about a second:
+# grpc's default reconnect backoff grows to 120 s, so a detector down for a minute would stay unused long
+# after it came back. Calls fail fast (UNAVAILABLE, a partial reply) while the channel is down.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                     ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 @dataclass
@@ -35,7 +40,7 @@ class DetectorClient:
     def __init__(self, engine: int, target: str, max_message_bytes: int) -> None:
         self.engine = engine
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=grpc_options(max_message_bytes))
+        self.channel = grpc.insecure_channel(target, options=grpc_options(max_message_bytes) + RECONNECT_OPTIONS)
         stub_class = v1_grpc.FaceDetectionStub if engine == v1.ENGINE_FACE else v1_grpc.YoloDetectionStub
         self.detect = stub_class(self.channel).Detect
 
