@@ -18,6 +18,7 @@ from robotclient.localmesh import LocalMesh
 from robotclient.offload import OffloadConfig
 from robotclient.session import SessionConfig
 from robotclient.statemachine import StateTimings
+from robotclient.tls import ClientTls, TlsConfigError
 from robotclient.tracker import TrackerParams
 from robotclient.wire import ENGINES, FrameEncoder, RequestOptions
 
@@ -39,6 +40,16 @@ def _add_offload_arguments(parser: argparse.ArgumentParser, *, local_default: bo
     parser.add_argument("-o", "--max-objects", type=int, default=10, help="maximum detections per reply")
     parser.add_argument("--user-id", type=int, default=1, help="robot id (sent as user_id and x-robot-id)")
     parser.add_argument("--engines", default="", help=f"comma-separated subset of {sorted(ENGINES)} (default all)")
+    tls = parser.add_argument_group("TLS (a server reached directly, outside the mesh)")
+    tls.add_argument("--tls-ca", default=os.environ.get("OBJECTDETECTION_TLS_CA"),
+                     help="PEM CA to verify the server with; turns TLS on (env OBJECTDETECTION_TLS_CA)")
+    tls.add_argument("--tls-cert", default=os.environ.get("OBJECTDETECTION_TLS_CERT"),
+                     help="PEM client certificate, for servers that require mutual TLS (env OBJECTDETECTION_TLS_CERT)")
+    tls.add_argument("--tls-key", default=os.environ.get("OBJECTDETECTION_TLS_KEY"),
+                     help="PEM key of --tls-cert (env OBJECTDETECTION_TLS_KEY)")
+    tls.add_argument("--tls-server-name", default=os.environ.get("OBJECTDETECTION_TLS_SERVER_NAME"),
+                     help="name in the server certificate, when --server is an IP "
+                          "(env OBJECTDETECTION_TLS_SERVER_NAME)")
 
 
 def _add_session_arguments(parser: argparse.ArgumentParser, *, wakeup: float) -> None:
@@ -54,8 +65,17 @@ def _add_session_arguments(parser: argparse.ArgumentParser, *, wakeup: float) ->
                         help="enable the controller, optionally with yaw PID gains")
 
 
+def client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """Read the TLS files before anything starts, so that a wrong path stops the client with the flag's name."""
+    try:
+        return ClientTls.from_files(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    except TlsConfigError as err:
+        raise SystemExit(f"robotclient: {err}") from err
+
+
 def offload_config(args: argparse.Namespace, target: str) -> OffloadConfig:
     engines = tuple(e for e in args.engines.split(",") if e)
+    tls = client_tls(args)
     return OffloadConfig(
         target=target,
         dialect="legacy" if args.legacy else "v1",
@@ -64,6 +84,8 @@ def offload_config(args: argparse.Namespace, target: str) -> OffloadConfig:
         pace=args.pace,
         encoder=FrameEncoder(quality=args.quality, max_width=args.max_width),
         request=RequestOptions(max_results=args.max_objects, user_id=args.user_id, engines=engines),
+        credentials=tls.credentials if tls else None,
+        server_name=tls.server_name if tls else None,
     )
 
 
@@ -296,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "tls_ca", None) is not None or getattr(args, "tls_cert", None) is not None:
+        client_tls(args)  # a wrong path stops here, before services or cameras start
+        if not args.server:
+            raise SystemExit("robotclient: --tls-* need --server: the embedded loopback mesh speaks plaintext")
     return int(args.func(args) or 0)
 
 

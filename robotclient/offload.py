@@ -67,7 +67,8 @@ class OffloadConfig:
     encoder: FrameEncoder = field(default_factory=FrameEncoder)
     request: RequestOptions = field(default_factory=RequestOptions)
     backoff: Backoff = field(default_factory=Backoff)
-    credentials: grpc.ChannelCredentials | None = None
+    credentials: grpc.ChannelCredentials | None = None  # TLS (robotclient.tls) when talking straight to a server
+    server_name: str | None = None  # the name the server certificate carries, when the target is an IP
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
@@ -134,7 +135,8 @@ class OffloadClient:
         self._own_channel = channel is None
         if channel is None:
             if config.credentials is not None:
-                channel = grpc.secure_channel(config.target, config.credentials, options=CHANNEL_OPTIONS)
+                name = (("grpc.ssl_target_name_override", config.server_name),) if config.server_name else ()
+                channel = grpc.secure_channel(config.target, config.credentials, options=CHANNEL_OPTIONS + name)
             else:
                 channel = grpc.insecure_channel(config.target, options=CHANNEL_OPTIONS)
         self._channel = channel

@@ -26,10 +26,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(target: str, timeout_s: float, process: subprocess.Popen | None = None, service: str = "") -> None:
-    """Polls grpc.health.v1 until SERVING; raises if the process exits or time runs out."""
+def wait_serving(target: str, timeout_s: float, process: subprocess.Popen | None = None, service: str = "",
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    """Polls grpc.health.v1 until SERVING; raises if the process exits or time runs out.
+
+    ``credentials`` for a server started with ``--tls-cert`` (plus a client certificate for mTLS).
+    """
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    secure = credentials is not None
+    with grpc.secure_channel(target, credentials) if secure else grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if process is not None and process.poll() is not None:

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from services.common.imaging import ImageLimits
+from services.common.tls import ServerTls, TlsConfigError
 
 
 def env_default(name: str, default: str | int | float | None) -> str | int | float | None:
@@ -28,6 +29,7 @@ class ServerConfig:
     log_level: str
     limits: ImageLimits
     max_results_limit: int
+    tls: ServerTls | None = None  # None: plaintext (in the mesh, Istio's sidecars do mTLS)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerConfig:
@@ -51,7 +53,16 @@ class ServerConfig:
                 max_height=args.max_image_height,
             ),
             max_results_limit=args.max_results_limit,
+            tls=_server_tls(args),
         )
+
+
+def _server_tls(args: argparse.Namespace) -> ServerTls | None:
+    """TLS files read and checked now, so that a bad path stops the start-up with the flag's name."""
+    try:
+        return ServerTls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except TlsConfigError as err:
+        raise SystemExit(f"TLS: {err}") from err
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, default_port: int, default_metrics_port: int) -> None:
@@ -84,3 +95,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_port: int, def
                    help="seconds to keep serving as NOT_SERVING after SIGTERM, so that load balancers "
                         "see it before the port closes [SHUTDOWN_DELAY_S]")
     g.add_argument("--log-level", default=env_default("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
+    t = parser.add_argument_group("TLS (direct gRPC only; in the mesh Istio does mTLS, leave these unset)")
+    t.add_argument("--tls-cert", default=env_default("TLS_CERT", None),
+                   help="PEM server certificate (chain); serve TLS instead of plaintext [TLS_CERT]")
+    t.add_argument("--tls-key", default=env_default("TLS_KEY", None),
+                   help="PEM private key of --tls-cert [TLS_KEY]")
+    t.add_argument("--tls-client-ca", default=env_default("TLS_CLIENT_CA", None),
+                   help="PEM CA: clients must present a certificate signed by it (mutual TLS) [TLS_CLIENT_CA]")

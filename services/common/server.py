@@ -68,7 +68,11 @@ class ManagedServer:
         names = [reg.full_name for reg in self.registrations]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls is not None:
+            self.port = self.server.add_secure_port(address, config.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot bind {config.host}:{config.port}")
         self.stop_requested = threading.Event()

@@ -13,6 +13,7 @@ from services.common.identity import served_by_from_env
 from services.common.jsonlog import configure_logging
 from services.common.metrics import ServiceMetrics
 from services.common.server import ManagedServer, Registration
+from services.common.tls import ClientTls, TlsConfigError
 from services.objectdetection.aggregator import Aggregator
 from services.objectdetection.fanout import DetectorClient, FanOut
 from services.objectdetection.liveview import LastFrame, LiveView
@@ -41,7 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--web-port", type=int, default=env_default("WEB_PORT", -1),
                    help="MJPEG live view of the last frame on this HTTP port (the original used 8088); "
                         "-1 disables [WEB_PORT]")
+    t = parser.add_argument_group("TLS to the detectors (direct gRPC only; in the mesh Istio does mTLS)")
+    t.add_argument("--detector-tls-ca", default=env_default("DETECTOR_TLS_CA", None),
+                   help="PEM CA that signed the detectors' certificates; turns TLS on for that hop "
+                        "[DETECTOR_TLS_CA]")
+    t.add_argument("--detector-tls-cert", default=env_default("DETECTOR_TLS_CERT", None),
+                   help="PEM client certificate presented to detectors that require mTLS [DETECTOR_TLS_CERT]")
+    t.add_argument("--detector-tls-key", default=env_default("DETECTOR_TLS_KEY", None),
+                   help="PEM private key of --detector-tls-cert [DETECTOR_TLS_KEY]")
+    t.add_argument("--detector-tls-server-name", default=env_default("DETECTOR_TLS_SERVER_NAME", None),
+                   help="name the detectors' certificates must carry, when --face/--yolo do not give it "
+                        "(e.g. IP targets) [DETECTOR_TLS_SERVER_NAME]")
     return parser
+
+
+def detector_tls(args: argparse.Namespace) -> ClientTls | None:
+    """Client TLS for the detector hop, read now so that a bad file stops the start-up."""
+    try:
+        return ClientTls.from_files(args.detector_tls_ca, args.detector_tls_cert, args.detector_tls_key,
+                                    args.detector_tls_server_name,
+                                    flags=("--detector-tls-ca", "--detector-tls-cert", "--detector-tls-key",
+                                           "--detector-tls-server-name"))
+    except TlsConfigError as err:
+        raise SystemExit(f"TLS: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     config = ServerConfig.from_args(args)
+    tls = detector_tls(args)
     configure_logging("objectdetection", config.log_level)
     identity = served_by_from_env("objectdetection")
     metrics = ServiceMetrics("objectdetection", identity.version, identity.site)
     clients = [
-        DetectorClient(engine, target, config.max_message_bytes)
+        DetectorClient(engine, target, config.max_message_bytes, tls)
         for engine, target in ((v1.ENGINE_FACE, args.face), (v1.ENGINE_YOLO, args.yolo))
         if target.lower() != "none"
     ]

@@ -12,6 +12,7 @@ import grpc
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
 from services.common.server import grpc_options
+from services.common.tls import ClientTls, channel
 
 # Time kept back from the caller's deadline for merging and sending the reply. It must also cover
 # scheduling jitter on a busy node and the reply's trip back: the server's deadline starts when the
@@ -37,10 +38,10 @@ class DetectorOutcome:
 class DetectorClient:
     """One long-lived channel per detector (channels are reused for every frame)."""
 
-    def __init__(self, engine: int, target: str, max_message_bytes: int) -> None:
+    def __init__(self, engine: int, target: str, max_message_bytes: int, tls: ClientTls | None = None) -> None:
         self.engine = engine
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=grpc_options(max_message_bytes) + RECONNECT_OPTIONS)
+        self.channel = channel(target, tls, grpc_options(max_message_bytes) + RECONNECT_OPTIONS)
         stub_class = v1_grpc.FaceDetectionStub if engine == v1.ENGINE_FACE else v1_grpc.YoloDetectionStub
         self.detect = stub_class(self.channel).Detect
 
