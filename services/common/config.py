@@ -15,6 +15,12 @@ def env_default(name: str, default: str | int | float | None) -> str | int | flo
     return os.environ.get(name, default)
 
 
+# Two cores run two or three frames at once at full speed; more in flight only adds queueing (bench/load_test.py).
+DEFAULT_MAX_IN_FLIGHT = 4
+# Threads kept free of detection calls so that health checks answer while the service is saturated.
+HEALTH_THREADS = 2
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str
@@ -32,18 +38,18 @@ class ServerConfig:
     tls: ServerTls | None = None  # None: plaintext (in the mesh, Istio's sidecars do mTLS)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ServerConfig:
-        if args.max_in_flight and args.max_in_flight >= args.max_workers:
-            raise SystemExit(f"--max-in-flight {args.max_in_flight} must be below --max-workers {args.max_workers}, "
-                             "so that health checks always find a thread")
+    def from_args(cls, args: argparse.Namespace, default_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> ServerConfig:
+        """``default_max_in_flight`` applies when neither the flag nor MAX_IN_FLIGHT is set."""
+        max_in_flight = default_max_in_flight if args.max_in_flight is None else int(args.max_in_flight)
+        max_workers = max(args.max_workers, max_in_flight + HEALTH_THREADS)
         return cls(
             host=args.host,
             port=args.port,
             metrics_port=args.metrics_port,
             max_message_bytes=args.max_message_bytes,
-            max_workers=args.max_workers,
+            max_workers=max_workers,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
-            max_in_flight=args.max_in_flight,
+            max_in_flight=max_in_flight,
             grace_s=args.grace,
             shutdown_delay_s=args.shutdown_delay,
             log_level=args.log_level,
@@ -82,13 +88,15 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_port: int, def
     g.add_argument("--max-results-limit", type=int, default=env_default("MAX_RESULTS_LIMIT", 100),
                    help="largest max_results a request may ask for; also the default cap [MAX_RESULTS_LIMIT]")
     g.add_argument("--max-workers", type=int, default=env_default("MAX_WORKERS", 8),
-                   help="threads handling RPCs [MAX_WORKERS]")
+                   help="threads handling RPCs; raised to --max-in-flight + 2 so health checks always find one "
+                        "[MAX_WORKERS]")
     g.add_argument("--max-concurrent-rpcs", type=int, default=env_default("MAX_CONCURRENT_RPCS", 32),
                    help="hard outer bound on all RPCs, health checks included, enforced by grpc itself; "
                         "keep it above --max-in-flight [MAX_CONCURRENT_RPCS]")
-    g.add_argument("--max-in-flight", type=int, default=env_default("MAX_IN_FLIGHT", 4),
+    g.add_argument("--max-in-flight", type=int, default=env_default("MAX_IN_FLIGHT", None),
                    help="detection requests in progress before new ones get RESOURCE_EXHAUSTED at once; "
-                        "health and reflection are not counted; 0 = no bound [MAX_IN_FLIGHT]")
+                        f"health and reflection are not counted; 0 = no bound; default {DEFAULT_MAX_IN_FLIGHT} "
+                        "(yolodetection with batching: twice its batch) [MAX_IN_FLIGHT]")
     g.add_argument("--grace", type=float, default=env_default("GRACE_PERIOD_S", 10.0),
                    help="seconds in-flight RPCs may finish after SIGTERM [GRACE_PERIOD_S]")
     g.add_argument("--shutdown-delay", type=float, default=env_default("SHUTDOWN_DELAY_S", 0.0),

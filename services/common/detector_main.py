@@ -10,7 +10,7 @@ import cv2
 from protos import detection_pb2_grpc as legacy_grpc
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
-from services.common.config import ServerConfig, env_default
+from services.common.config import DEFAULT_MAX_IN_FLIGHT, ServerConfig, env_default
 from services.common.detections import Detector
 from services.common.detector_service import DetectorCore, DetectorV1Servicer
 from services.common.identity import served_by_from_env
@@ -36,9 +36,10 @@ def run_detector_server(
     engine: int,
     args: argparse.Namespace,
     load_detector: Callable[[], Detector],
+    default_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
 ) -> int:
     """Opens the port (NOT_SERVING), loads and warms the detector, serves v1 and legacy, drains on SIGTERM."""
-    config = ServerConfig.from_args(args)
+    config = ServerConfig.from_args(args, default_max_in_flight)
     configure_logging(service, config.log_level)
     if args.threads > 0:
         cv2.setNumThreads(args.threads)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from protos import detection_v1_pb2 as v1
-from services.common.config import add_server_arguments, env_default
+from services.common.config import DEFAULT_MAX_IN_FLIGHT, add_server_arguments, env_default
 from services.common.detector_main import add_detector_arguments, run_detector_server
 from services.yolodetection.detector import DEFAULT_MAX_BATCH, YoloDetector, YoloParams
 from services.yolodetection.engines import DEVICES, ENGINES, PRECISIONS, EngineRequest
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_max_in_flight(args: argparse.Namespace) -> int:
+    """Batching needs a batch's worth of frames admitted; a CPU without batching only queues them."""
+    batching = args.max_batch > 1 or (args.max_batch == 0 and args.device != "cpu")
+    return max(DEFAULT_MAX_IN_FLIGHT, 2 * (args.max_batch or DEFAULT_MAX_BATCH)) if batching else DEFAULT_MAX_IN_FLIGHT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.input_size and args.input_size % 32:
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return detector
 
     try:
-        return run_detector_server("yolodetection", v1.ENGINE_YOLO, args, load)
+        return run_detector_server("yolodetection", v1.ENGINE_YOLO, args, load, default_max_in_flight(args))
     finally:
         for detector in loaded:
             detector.close()

@@ -54,7 +54,7 @@ def test_concurrent_robots_get_the_single_frame_detections_in_batches(spawn: Spa
 
 
 def test_beyond_the_queue_bound_frames_are_refused_at_once(spawn: Spawner, vtest_jpegs: list[bytes]) -> None:
-    server = spawn("yolodetection", "--max-batch", "1", "--max-queue", "1",
+    server = spawn("yolodetection", "--max-batch", "1", "--max-queue", "1", "--max-in-flight", "0",
                    "--inject-engine-delay-ms", str(ENGINE_DELAY_S * 1000))
     with grpc.insecure_channel(server.target) as channel:
         stub = v1_grpc.YoloDetectionStub(channel)
