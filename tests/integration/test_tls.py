@@ -9,6 +9,9 @@ certificate and one from the rogue CA; the aggregator reaches mTLS detectors onl
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -191,3 +194,21 @@ def test_robot_offload_client_without_a_certificate_is_refused(mtls_aggregator: 
             time.sleep(0.05)
         assert not client.take_results()
     assert failures and failures[0].code == "UNAVAILABLE", failures
+
+
+def run_healthcheck(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """docker/healthcheck.py as the image runs it, with the container's PORT."""
+    script = Path(__file__).resolve().parents[2] / "docker" / "healthcheck.py"
+    return subprocess.run([sys.executable, str(script), *args], env={**os.environ, "PORT": str(port), **(env or {})},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_container_health_check_speaks_tls(tls_face: ServiceProcess, mtls_face: ServiceProcess, pki: Pki) -> None:
+    assert run_healthcheck(tls_face.port).returncode == 1, "plaintext check of a TLS server must fail"
+    ok = run_healthcheck(tls_face.port, "--tls-ca", str(pki.ca))
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    assert run_healthcheck(mtls_face.port, "--tls-ca", str(pki.ca)).returncode == 1, "mTLS needs a client cert"
+    ok = run_healthcheck(mtls_face.port, env={"HEALTHCHECK_TLS_CA": str(pki.ca),
+                                              "HEALTHCHECK_TLS_CERT": str(pki.client.cert),
+                                              "HEALTHCHECK_TLS_KEY": str(pki.client.key)})
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
