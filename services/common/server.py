@@ -70,7 +70,11 @@ class ManagedServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{config.host}:{config.port}"
         if config.tls is not None:
-            self.port = self.server.add_secure_port(address, config.tls.credentials())
+            try:
+                self.port = self.server.add_secure_port(address, config.tls.credentials())
+            except RuntimeError as err:  # gRPC says only "Failed to bind"; a key check needs `cryptography`
+                raise OSError(f"cannot serve TLS on {address}: the port is taken, or --tls-key is not the key "
+                              "of --tls-cert") from err
         else:
             self.port = self.server.add_insecure_port(address)
         if not self.port:
