@@ -17,11 +17,13 @@ frame correctly and its process must still be alive.
 from __future__ import annotations
 
 import math
+import os
 import random
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,12 +46,10 @@ MAX_FRAME_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 MAX_RESULTS_LIMIT = 100
 ALLOWED_USER_IDS = range(0, 6)
 # grpc's default header list limit: above it a request may be refused (always above twice it, 16 KiB).
-# They count every header, so the standard ones (:path, user-agent, ...: about 600 bytes) too.
+# It counts every header, the standard ones (:path, user-agent, ...: about 600 bytes) too.
 METADATA_SOFT_LIMIT = 8 * 1024
 STANDARD_HEADERS_BYTES = 1024
 
-INT32 = (-(2**31), 2**31 - 1)
-INT64 = (-(2**63), 2**63 - 1)
 UINT32_MAX = 2**32 - 1
 BAD_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 KINDS = ("bytes", "fields", "image", "dims", "limits")
@@ -243,18 +243,37 @@ def mutated_image(draw: st.DrawFn, corpus: Corpus) -> tuple[bytes, str]:
     return data, f"{'png' if is_png else 'jpeg'}#{index} {note}"
 
 
+# Start-of-frame types: baseline, extended, progressive, lossless, hierarchical, arithmetic.
+SOF_MARKERS = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+
+
 @st.composite
 def extreme_dims(draw: st.DrawFn, corpus: Corpus) -> tuple[bytes, str]:
-    """A real JPEG whose frame header claims other dimensions (0, 65535, ...) or component counts."""
+    """A real JPEG whose frame header claims other dimensions (0, 65535, ...), or has other header fields.
+
+    Besides the size: the frame type (lossless, arithmetic, ...), the sample precision (12-bit, 16-bit),
+    the component count, a component's sampling factors or quantization table.
+    """
     dim = st.one_of(st.sampled_from((0, 1, 2, 8, 95, 4095, 4096, 4097, 8192, 32768, 65535)), st.integers(0, 65535))
     width, height = draw(dim), draw(dim)
     index = draw(st.integers(0, len(corpus.jpegs) - 1))
-    data = bytearray(patch_sof_size(corpus.jpegs[index], width, height))
-    note = f"jpeg#{index} claims {width}x{height}"
-    if draw(st.integers(0, 3)) == 0:
-        components = draw(st.sampled_from((0, 1, 2, 4, 255)))
-        data[sof_position(bytes(data)) + 9] = components
-        note += f", {components} components"
+    original = corpus.jpegs[index]
+    pos = sof_position(original)
+    keep_size = draw(st.integers(0, 2)) == 0
+    data = bytearray(original if keep_size else patch_sof_size(original, width, height))
+    note = f"jpeg#{index}" + ("" if keep_size else f" claims {width}x{height}")
+    field_name = draw(st.sampled_from(("none", "type", "precision", "components", "sampling", "qtable")))
+    component = draw(st.integers(0, 2))
+    at, value = {
+        "type": (pos + 1, st.sampled_from(SOF_MARKERS)),
+        "precision": (pos + 4, st.sampled_from((0, 1, 2, 7, 9, 12, 16, 255))),
+        "components": (pos + 9, st.sampled_from((0, 1, 2, 4, 255))),
+        "sampling": (pos + 11 + 3 * component, st.sampled_from((0x00, 0x12, 0x21, 0x22, 0x44, 0x14, 0x33, 0xFF))),
+        "qtable": (pos + 12 + 3 * component, st.integers(0, 255)),
+    }.get(field_name, (None, st.just(0)))
+    if at is not None:
+        data[at] = draw(value)
+        note += f", {field_name} byte {data[at]:#04x}"
     return bytes(data), note
 
 
@@ -309,7 +328,10 @@ def case_dims(draw: st.DrawFn, endpoint: Endpoint, corpus: Corpus) -> Case:
     return Case("dims", serialize(endpoint, Fields(jpeg=image, number=7)), note=note)
 
 
-METADATA_KEYS = ("x-request-id", "traceparent", "x-robot-id", "x-b3-traceid", "x-fuzz", "x-fuzz-bin")
+# Headers the aggregator copies to its detector calls, and others.
+METADATA_KEYS = ("x-request-id", "traceparent", "x-robot-id", "x-b3-traceid", "x-b3-fuzz-bin", "x-fuzz",
+                 "x-fuzz-bin")
+PRINTABLE = bytes(range(0x20, 0x7F)).decode()  # what grpc lets a header value hold
 
 
 @st.composite
@@ -322,13 +344,20 @@ def case_limits(draw: st.DrawFn, endpoint: Endpoint, corpus: Corpus) -> Case:
             st.sampled_from((-(2**31), -1, 0, 1, MAX_RESULTS_LIMIT, MAX_RESULTS_LIMIT + 1, 2**31 - 1)), ints(32)))
         return Case("limits", serialize(endpoint, Fields(jpeg=jpeg, max_results=max_results)),
                     note=f"max_results {max_results}")
-    if choice == 1:
+    if choice == 1:  # one big header value, or many headers
         key = draw(st.sampled_from(METADATA_KEYS))
         size = draw(st.one_of(st.sampled_from((1024, 8000, 8192, 9000, 16384, 20 * 1024, 64 * 1024)),
                               st.integers(1, 80 * 1024)))
-        value: str | bytes = random.Random(size).randbytes(size) if key.endswith("-bin") else "v" * size
-        return Case("limits", serialize(endpoint, Fields(jpeg=jpeg)), metadata=((key, value),),
-                    note=f"{key}: {size} B")
+        count = draw(st.sampled_from((1, 1, 1, 2, 64, 512)))
+        rng = random.Random(size)
+        metadata = []
+        for i in range(count):
+            name = key if count == 1 else f"{key.removesuffix('-bin')}-{i}" + ("-bin" if key.endswith("-bin") else "")
+            n = max(1, size // count)
+            value: str | bytes = rng.randbytes(n) if name.endswith("-bin") else "".join(rng.choices(PRINTABLE, k=n))
+            metadata.append((name, value))
+        return Case("limits", serialize(endpoint, Fields(jpeg=jpeg)), metadata=tuple(metadata),
+                    note=f"{count} x {key}: {size} B")
     # Zeros after the end-of-image marker are allowed, so the frame stays a valid JPEG of any size.
     size = draw(st.sampled_from((MAX_FRAME_BYTES - 1, MAX_FRAME_BYTES, MAX_FRAME_BYTES + 1, MAX_MESSAGE_BYTES + 1)))
     big = jpeg + bytes(max(0, size - len(jpeg)))
@@ -354,11 +383,25 @@ def parse(message: type[Message], data: bytes) -> Message | None:
         return None
 
 
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a moment (C libraries write there directly)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def decoded_size(jpeg: bytes) -> tuple[int, int] | None:
     """(width, height) as libjpeg decodes the frame, independently of the services' header parser."""
     if not jpeg.startswith(b"\xff\xd8"):
         return None
-    image = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+    with quiet_stderr():  # libjpeg prints a warning for every corrupt frame it still decodes
+        image = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
     return None if image is None else (image.shape[1], image.shape[0])
 
 
