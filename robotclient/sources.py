@@ -268,7 +268,7 @@ class LatestFrameGrabber:
         self._join_timeout_s = join_timeout_s
         self._cond = threading.Condition()
         self._latest: CapturedFrame | None = None
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
         self._ended = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -291,7 +291,7 @@ class LatestFrameGrabber:
         while not self._stopping.is_set():
             try:
                 frame = self.source.read()
-            except Exception as exc:  # handed to the caller of get()
+            except BaseException as exc:  # handed to get(), Ctrl-C too: else the loop waits on a dead thread for ever
                 with self._cond:
                     self._error = exc
                     self._cond.notify_all()

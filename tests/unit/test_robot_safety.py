@@ -379,6 +379,7 @@ def test_stop_on_key_q_while_following() -> None:
         ("drive", RuntimeError("chassis not responding"), at(8)),
         ("keys", KeyboardInterrupt(), at(8)),  # Ctrl-C while reading a key
         ("offer", KeyboardInterrupt(), at(8)),  # Ctrl-C inside the network call
+        ("source", KeyboardInterrupt(), at(7)),  # Ctrl-C in the camera's thread: must still end the run
     ],
 )
 def test_an_error_mid_follow_propagates_and_the_robot_is_stopped_and_closed(
