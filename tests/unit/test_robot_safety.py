@@ -102,6 +102,7 @@ class Tick:
 
 
 def ticks(n: int, **kwargs: Any) -> list[Tick]:
+    """``n`` identical frames: scripts read as phases (follow 8, link down 12, ...)."""
     return [Tick(**kwargs)] * n
 
 
