@@ -46,8 +46,11 @@ MAX_FRAME_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 MAX_RESULTS_LIMIT = 100
 ALLOWED_USER_IDS = range(0, 6)
 # grpc's default header list limit: above it a request may be refused (always above twice it, 16 KiB).
-# It counts every header, the standard ones (:path, user-agent, ...: about 600 bytes) too.
+# It counts every header, the standard ones (:path, user-agent, ...: about 600 bytes) too. Above the hard
+# limit grpc core resets the call before any service code runs, with RESOURCE_EXHAUSTED and an empty message
+# when many headers add up (one big value gets a message): the same from a bare grpc server.
 METADATA_SOFT_LIMIT = 8 * 1024
+METADATA_HARD_LIMIT = 16 * 1024
 STANDARD_HEADERS_BYTES = 1024
 
 UINT32_MAX = 2**32 - 1
@@ -148,7 +151,8 @@ class Case:
 
     @property
     def metadata_bytes(self) -> int:
-        return sum(len(k) + len(v) for k, v in self.metadata)
+        """Size as grpc counts it against its limits: name + value + 32 bytes per header (RFC 7541, 4.1)."""
+        return sum(len(k) + len(v) + 32 for k, v in self.metadata)
 
 
 # ---------------------------------------------------------------- corpus
@@ -456,13 +460,18 @@ def reply_problems(endpoint: Endpoint, request: Message, data: bytes) -> list[st
         engines = {o.eng + 1 for o in reply.objects} if endpoint.aggregator else set()
     problems = [] if echoed == sent else [f"echoed {echoed}, sent {sent}"]
     jpeg = frame.jpeg if endpoint.api == "v1" else frame.img
-    cap = request.max_results or MAX_RESULTS_LIMIT
-    if len(boxes) > cap:
+    if not 0 <= request.max_results <= MAX_RESULTS_LIMIT:
+        problems.append(f"accepted max_results {request.max_results}")
+    elif len(boxes) > (request.max_results or MAX_RESULTS_LIMIT):
         problems.append(f"{len(boxes)} detections, max_results {request.max_results}")
-    size = decoded_size(jpeg) if boxes or endpoint.api == "v1" else None
+    size = decoded_size(jpeg)
+    # Only the legacy aggregator asked for no engine may answer without a frame ("who serves me": ipv4, name).
+    ping = endpoint.aggregator and endpoint.api == "legacy" and not (request.wantface or request.wantyolo)
+    if size is None and (jpeg or not ping):
+        problems.append(f"accepted a frame that does not decode ({len(jpeg)} bytes)")
     if endpoint.api == "v1":
         problems += detector_status_problems(reply)
-        if (reply.image_width, reply.image_height) != size and (size is not None or not endpoint.aggregator):
+        if size is not None and (reply.image_width, reply.image_height) != size:
             problems.append(f"image size {reply.image_width}x{reply.image_height}, decoded {size}")
         if endpoint.aggregator and request.engines:
             asked = set(request.engines)
@@ -474,8 +483,6 @@ def reply_problems(endpoint: Endpoint, request: Message, data: bytes) -> list[st
         asked = {e for e, want in ((v1.ENGINE_FACE, request.wantface), (v1.ENGINE_YOLO, request.wantyolo)) if want}
         if not engines <= asked:
             problems.append(f"engines asked {asked}, detections from {engines}")
-    if boxes and size is None:
-        problems.append("detections on a frame that does not decode")
     width, height = size or (0, 0)
     for x, y, w, h, confidence in boxes:
         if not (min(x, y) >= 0 and min(w, h) > 0 and x + w <= width and y + h <= height):
@@ -495,7 +502,9 @@ def judge(endpoint: Endpoint, case: Case, answer: bytes | grpc.RpcError) -> Outc
         elif code not in allowed_codes(endpoint, case, request):
             expected = sorted(c.name for c in allowed_codes(endpoint, case, request))
             outcome.problems.append(f"{code.name} ({details!r}); expected OK or one of {expected}")
-        if not details.strip() or "Exception" in details or "Traceback" in details:
+        grpc_reset = (code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                      and case.metadata_bytes + STANDARD_HEADERS_BYTES > METADATA_HARD_LIMIT)
+        if (not details.strip() and not grpc_reset) or "Exception" in details or "Traceback" in details:
             outcome.problems.append(f"{code.name} without a precise message: {details!r}")
         return outcome
     if request is None:

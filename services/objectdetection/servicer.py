@@ -6,7 +6,8 @@ import grpc
 
 from protos import detection_pb2 as legacy
 from protos import detection_v1_pb2 as v1
-from services.common.rpc import handle_rpc
+from services.common.imaging import validate_jpeg
+from services.common.rpc import checked_max_results, handle_rpc
 from services.objectdetection.aggregator import Aggregator, FrameCall
 from services.objectdetection.merge import tracing_metadata
 
@@ -47,8 +48,11 @@ class LegacyObjectDetectionServicer:
                      ) -> legacy.ObjectDetectionResponse:
         def work() -> legacy.ObjectDetectionResponse:
             v1_request = legacy_to_v1(request)
-            if not v1_request.engines:  # wantface = wantyolo = 0: nothing to run
+            if not v1_request.engines:  # wantface = wantyolo = 0: nothing to run, but the request is still checked
                 self.aggregator.users.check(request.user_id)
+                checked_max_results(request.max_results, self.aggregator.max_results_limit)
+                if request.frame.img:  # an empty frame is a plain "who serves me" (ipv4, name) query
+                    validate_jpeg(request.frame.img, self.aggregator.limits)
                 reply = v1.DetectResponse()
             else:
                 reply = self.aggregator.detect(_frame_call(v1_request, context))

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from protos import detection_pb2 as legacy
 from services.launcher import LocalStack
-from tests.fuzzing import ENDPOINTS, KINDS, Case, Corpus, Endpoint, Harness, cases
+from tests.fuzzing import ENDPOINTS, KINDS, Case, Corpus, Endpoint, Fields, Harness, cases, serialize
 
 # Cases per endpoint and kind: 6 endpoints x 56 = 336 in all. Most are refused before any decoding;
 # "image" and "dims" cases are the ones that may reach the detectors, so they are kept fewer.
@@ -54,3 +56,20 @@ def test_fuzz(harness: Harness, corpus: Corpus, endpoint: Endpoint, kind: str) -
     one()
     after = harness.good_frame(endpoint)
     assert after.ok, f"{endpoint} after {kind} cases: {after.detail}"
+
+
+def test_legacy_aggregator_checks_a_request_that_wants_no_engine(harness: Harness, corpus: Corpus) -> None:
+    """Found by the fuzzer: with wantface = wantyolo = 0 the request was answered OK unchecked.
+
+    max_results and a frame that is there are checked as on every other path; an empty frame stays a valid
+    "who serves me" query (the reply's ipv4 and name).
+    """
+    endpoint = next(e for e in ENDPOINTS if e.aggregator and e.api == "legacy")
+    refused = [Fields(max_results=-1, want=(0, 0)), Fields(max_results=101, want=(0, 0)),
+               Fields(jpeg=corpus.pngs[0], want=(0, 0)), Fields(jpeg=corpus.jpegs[0][:-40], want=(0, 0))]
+    for fields in refused:
+        answer = harness.send(endpoint, serialize(endpoint, fields))
+        assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+    for fields in (Fields(want=(0, 0), number=5), Fields(jpeg=corpus.jpegs[0], want=(0, 0), number=5)):
+        reply = legacy.ObjectDetectionResponse.FromString(harness.send(endpoint, serialize(endpoint, fields)))
+        assert reply.number == 5 and not reply.objects and reply.name
