@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup protos models data lint bench bench-engines clean
+.PHONY: demo test setup protos models data lint bench bench-engines fuzz clean
 
 demo: setup models data
 	$(PY) -m robotclient demo
@@ -40,6 +40,11 @@ bench: setup models data
 
 bench-engines: setup models data
 	$(PY) bench/engine_bench.py
+
+# Malformed-input fuzzing of every service (bench/fuzz_bench.py); FUZZ_CASES=... to change the count.
+FUZZ_CASES ?= 10000
+fuzz: setup models data
+	$(PY) bench/fuzz_bench.py --cases $(FUZZ_CASES)
 
 clean:
 	rm -rf $(VENV) protos/*_pb2.py protos/*_pb2.pyi protos/*_pb2_grpc.py
