@@ -91,7 +91,8 @@ def test_missing_face_detector_gives_a_partial_reply(stack: LocalStack, spawn: S
 
 def test_caller_deadline_shorter_than_a_slow_detector(stack: LocalStack, spawn: Spawner, channel_to,
                                                       astronaut_jpeg: bytes, vtest_jpegs: list[bytes]) -> None:
-    slow_face = spawn("facedetection", "--inject-delay-ms", "800")
+    # Abandoned calls keep sleeping in the face server and hold its slots; 8 keep them from being refused.
+    slow_face = spawn("facedetection", "--inject-delay-ms", "800", "--max-in-flight", "8")
     aggregator = spawn("objectdetection", "--face", slow_face.target, "--yolo", stack.yolo.target,
                        "--detector-timeout", "3")
     stub = v1_grpc.ObjectDetectionStub(channel_to(aggregator))

@@ -141,8 +141,9 @@ class LoadCall:
 def test_sigterm_under_load_drains_in_flight_calls_and_refuses_new_ones(spawn: Spawner,
                                                                           vtest_jpegs: list[bytes]) -> None:
     delay_s, grace_s, shutdown_delay_s = 0.3, 5.0, 0.5
-    server = spawn("yolodetection", "--input-size", "160", "--threads", "1", "--inject-delay-ms",
-                   str(delay_s * 1000), "--shutdown-delay", str(shutdown_delay_s), "--grace", str(grace_s))
+    server = spawn("yolodetection", "--input-size", "160", "--threads", "1", "--max-in-flight", "4",
+                   "--inject-delay-ms", str(delay_s * 1000), "--shutdown-delay", str(shutdown_delay_s),
+                   "--grace", str(grace_s))
     process = server.process
     assert process is not None
     calls: list[LoadCall] = []

@@ -74,10 +74,13 @@ def persons(result: DetectionResult) -> list[tuple[int, int, int, int]]:
 
 @pytest.fixture(scope="module")
 def slow_aggregator(spawn: Spawner, stack: LocalStack) -> str:
-    """The real aggregator in front of a real YOLO server that sleeps SLOW_YOLO_MS before each detection."""
-    yolo = spawn("yolodetection", "--inject-delay-ms", str(SLOW_YOLO_MS))
+    """The real aggregator in front of a real YOLO server that sleeps SLOW_YOLO_MS before each detection.
+
+    A sleep costs no CPU, so both admit 4 frames at once (the pacing test keeps 3 in flight).
+    """
+    yolo = spawn("yolodetection", "--inject-delay-ms", str(SLOW_YOLO_MS), "--max-in-flight", "4")
     aggregator = spawn("objectdetection", "--face", stack.face.target, "--yolo", yolo.target,
-                       "--detector-timeout", "5")
+                       "--detector-timeout", "5", "--max-in-flight", "4")
     return aggregator.target
 
 

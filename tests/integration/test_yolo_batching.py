@@ -91,7 +91,7 @@ def test_beyond_the_queue_bound_frames_are_refused_at_once(spawn: Spawner, vtest
 def test_sigterm_completes_the_queued_frames_then_exits(spawn: Spawner, vtest_jpegs: list[bytes],
                                                         max_batch: str) -> None:
     server = spawn("yolodetection", "--max-batch", max_batch, "--inject-engine-delay-ms", "400",
-                   "--grace", "10")
+                   "--grace", "10", "--max-in-flight", "4")  # three frames queue in the batcher, none is refused
     assert server.process is not None
     with grpc.insecure_channel(server.target) as channel:
         stub = v1_grpc.YoloDetectionStub(channel)
@@ -108,7 +108,8 @@ def test_a_frame_whose_deadline_passes_in_the_queue_is_never_computed(spawn: Spa
                                                                       vtest_jpegs: list[bytes]) -> None:
     """The caller's gRPC deadline reaches the batcher: an expired frame does not delay the frames behind it."""
     delay_s = 0.6
-    server = spawn("yolodetection", "--max-batch", "1", "--inject-engine-delay-ms", str(delay_s * 1000))
+    server = spawn("yolodetection", "--max-batch", "1", "--inject-engine-delay-ms", str(delay_s * 1000),
+                   "--max-in-flight", "4")
     with grpc.insecure_channel(server.target) as channel:
         stub = v1_grpc.YoloDetectionStub(channel)
         first = stub.Detect.future(v1_request(vtest_jpegs[0], number=0), timeout=CALL_TIMEOUT_S)
