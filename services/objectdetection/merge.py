@@ -76,9 +76,15 @@ def merge_detections(per_engine: Iterable[Sequence[v1.Detection]], max_results: 
 
 
 def frame_error(statuses: Iterable[v1.DetectorStatus]) -> RequestError | None:
-    """A frame every detector refuses as malformed is the caller's error, not a partial reply."""
+    """A frame every detector refuses as malformed is the caller's error, not a partial reply.
+
+    So is a frame every detector refuses as overloaded: an empty reply would read as "nothing
+    seen", while RESOURCE_EXHAUSTED lets the robot (or Istio's retry) try again or elsewhere.
+    """
     statuses = list(statuses)
-    bad = [s for s in statuses if s.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]]
-    if statuses and len(bad) == len(statuses):
-        return invalid(bad[0].message)
+    for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        refused = [s for s in statuses if s.code == code.value[0]]
+        if statuses and len(refused) == len(statuses):
+            return RequestError(code, refused[0].message if code is grpc.StatusCode.INVALID_ARGUMENT
+                                else "every detector is overloaded: " + "; ".join(s.message for s in refused))
     return None

@@ -82,6 +82,16 @@ def test_a_frame_every_detector_refuses_is_the_callers_error() -> None:
     assert frame_error([]) is None
 
 
+def test_a_frame_every_detector_refuses_as_overloaded_is_refused_as_overloaded() -> None:
+    busy = [v1.DetectorStatus(engine=e, code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message=f"busy {e}")
+            for e in (v1.ENGINE_FACE, v1.ENGINE_YOLO)]
+    ok = v1.DetectorStatus(engine=v1.ENGINE_YOLO, code=0)
+    error = frame_error(busy)
+    assert error is not None and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "every detector is overloaded" in error.message and "busy 2" in error.message
+    assert frame_error([busy[0], ok]) is None  # the other detector answered: a partial reply
+
+
 def test_detector_timeout_follows_the_callers_deadline() -> None:
     fanout = FanOut([], default_timeout_s=1.0)
     assert fanout.timeout_for(None) == 1.0
