@@ -65,6 +65,8 @@ class ServiceProcess:
         return f"{self.host}:{self.port}"
 
     def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"{self.name} on port {self.port} is already running (pid {self.process.pid})")
         env = {**os.environ, **self.env}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -139,7 +141,10 @@ class LocalStack:
         return {s.name: s.stop() for s in reversed(self.services)}
 
     def __enter__(self) -> LocalStack:
-        return self.start()
+        """Starts the stack unless ``start()`` already did (``with stack.start():`` is fine too)."""
+        if any(s.process is None or s.process.poll() is not None for s in self.services):
+            return self.start()
+        return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()

@@ -58,7 +58,8 @@ class ManagedServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-            options=grpc_options(config.max_message_bytes),
+            # grpc sets SO_REUSEPORT by default: a second server on a taken port would silently share it.
+            options=[*grpc_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
             interceptors=[RequestGuard(InFlightLimit(config.max_in_flight), metrics)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
         )
@@ -76,7 +77,10 @@ class ManagedServer:
                 raise OSError(f"cannot serve TLS on {address}: the port is taken, or --tls-key is not the key "
                               "of --tls-cert") from err
         else:
-            self.port = self.server.add_insecure_port(address)
+            try:
+                self.port = self.server.add_insecure_port(address)
+            except RuntimeError as err:  # newer grpc raises where older returned port 0
+                raise OSError(f"cannot bind {address}: the port is taken (another server?)") from err
         if not self.port:
             raise OSError(f"cannot bind {config.host}:{config.port}")
         self.stop_requested = threading.Event()

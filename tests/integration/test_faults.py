@@ -22,7 +22,7 @@ from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
 from robotclient import envoyconf
 from robotclient.envoyproc import EnvoyProcess, envoy_binary, load_documents
-from services.launcher import LocalStack, wait_serving
+from services.launcher import LocalStack, ServiceProcess, wait_serving
 from tests.integration.conftest import START_TIMEOUT_S, Spawner, v1_request
 
 ISTIO = Path(__file__).resolve().parents[2] / "istio"
@@ -247,3 +247,15 @@ def test_a_detector_slowed_by_envoy_never_makes_the_aggregator_answer_late(
             codes = {s.engine: s.code_name for s in reply.detector_status}
             assert codes == {v1.ENGINE_FACE: "OK", v1.ENGINE_YOLO: "DEADLINE_EXCEEDED"}
             assert all(d.engine == v1.ENGINE_FACE for d in reply.detections)
+
+
+def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(spawn: Spawner, log_dir: Path) -> None:
+    """grpc's default SO_REUSEPORT would let two servers split one port's connections without a word."""
+    first = spawn("facedetection", "--max-in-flight", "2")
+    second = ServiceProcess("facedetection", first.port, ["--metrics-port", "-1"], log_path=log_dir / "second.log")
+    second.start()
+    assert second.process is not None
+    assert second.process.wait(60) != 0
+    assert "cannot bind" in (log_dir / "second.log").read_text()
+    assert first.process is not None and first.process.poll() is None
+    wait_serving(first.target, 5, first.process)
