@@ -47,7 +47,8 @@ def endpoints(model_paths: object, log_dir: Path) -> Iterator[dict[str, envoycon
         for subset in ("v1", "v2"):
             env = {**STACK_ENV, "SERVICE_VERSION": subsets[subset]["version"], "POD_NAME": f"yolodetection-{subset}"}
             servers[subset] = ServiceProcess(
-                "yolodetection", free_port(), ["--metrics-port", "-1", "--input-size", str(WIDTH), "--threads", "1"],
+                "yolodetection", free_port(), ["--metrics-port", "-1", "--input-size", str(WIDTH), "--threads", "1",
+                                  "--max-in-flight", "8"],  # four robots at 50 fps: the split, not admission
                 env=env, log_path=log_dir / f"experiment-yolodetection-{subset}.log")
             servers[subset].start()
         for server in servers.values():
