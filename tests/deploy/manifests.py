@@ -114,3 +114,14 @@ def template_labels(template: dict[str, Any]) -> dict[str, str]:
 def selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
     """A Service-style equality selector (non-empty) matches these labels."""
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted path, key, value) of every mapping entry in a parsed document, depth first."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{path}.{key}", key, value
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk(value, f"{path}[{i}]")

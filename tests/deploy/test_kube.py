@@ -31,6 +31,7 @@ from tests.deploy.manifests import (
     pod_templates,
     selects,
     template_labels,
+    walk,
 )
 
 KUBE = REPO / "kube"
@@ -654,14 +655,6 @@ def test_podmonitor_shape() -> None:
 # ----------------------------------------------------------------------------- no credentials
 
 
-def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield f"{path}.{k}", k, v
-            yield from walk(v, f"{path}.{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from walk(v, f"{path}[{i}]")
 
 
 def test_no_secrets_or_literal_credentials() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.manifests import REPO, load_file
+from tests.deploy.manifests import REPO, load_file, walk
 from tests.deploy.test_docker import dockerignore_rules, excluded, parse_dockerfile
 
 SCANNED = ("docker", "kube", "istio")
@@ -63,14 +63,6 @@ def documents(folder: str) -> Iterator[tuple[Path, Any]]:
                 yield path, manifest.doc
 
 
-def walk(node: Any, where: str = "") -> Iterator[tuple[str, Any, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield f"{where}.{key}", key, value
-            yield from walk(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from walk(value, f"{where}[{i}]")
 
 
 def env_entries(doc: Any) -> Iterator[tuple[str, dict[str, Any]]]:
