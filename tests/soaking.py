@@ -12,6 +12,7 @@ Samples come from ``/proc``.
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import threading
 import time
@@ -101,6 +102,7 @@ class Load:
     jpegs: list[bytes]
     codes: dict[str, Counter[str]] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
+    seed: int = 0
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -109,6 +111,14 @@ class Load:
             self.codes.setdefault(kind, Counter())[code] += 1
 
     def _every(self, kind: str, period_s: float, action: Callable[[int], str]) -> None:
+        """Calls ``action`` about every ``period_s``, each gap drawn between half and one and a half periods.
+
+        Fixed periods lock the kinds in phase (a 2 s kind always starting just after a 1 s one),
+        so one kind could find the shared slot taken every single time; jittered gaps give each
+        kind the slot in proportion to how often it is free.
+        """
+        rng = random.Random(f"{self.seed}-{kind}")
+        self.stopping.wait(rng.uniform(0.0, period_s))
         n = 0
         while not self.stopping.is_set():
             started = time.monotonic()
@@ -118,7 +128,8 @@ class Load:
                 code = err.code().name
             self.count(kind, code)
             n += 1
-            self.stopping.wait(max(0.0, period_s - (time.monotonic() - started)))
+            gap_s = period_s * rng.uniform(0.5, 1.5)
+            self.stopping.wait(max(0.0, gap_s - (time.monotonic() - started)))
 
     def start(self) -> Load:
         aggregator = grpc.insecure_channel(self.targets.aggregator)
