@@ -98,6 +98,8 @@ MIN_INT8_MATCHED = 0.95
 MAX_INT8_EXTRA = 0.05
 MIN_MESH_FPS = 21.0
 MIN_PERSONS_PER_FRAME = 2.0
+# Served on an accelerator (not a CPU, where batching is off by default): batching on / off at 8 robots.
+MIN_ACCEL_BATCH_GAIN, BATCH_GAIN_CONCURRENCY = 2.0, 8
 
 # FP32 FLOP per cycle per core by instruction set (two FMA units of the widest vector).
 FLOP_PER_CYCLE = (("avx512f", 64), ("avx2+fma", 32), ("sse/other", 16))
@@ -677,10 +679,12 @@ def served_section(args: argparse.Namespace, jpegs: Sequence[bytes], rows: Seque
           f"{'off = --max-batch 1, on = ' + ' '.join(on_args) if batching else 'not offered (no --max-batch)'}"
           + (f"; not offered, dropped: {' '.join(dropped)}" if dropped else ""), flush=True)
     variants = [("off", ["--max-batch", "1"]), ("on", on_args)] if batching else [("n/a", [])]
+    # Admit every client in both variants: the comparison is of the engine, not of --max-in-flight.
+    admit = ["--max-in-flight", str(2 * max(args.concurrency))] if lists_flag("--max-in-flight", help_text) else []
     results = []
     for key in keys:
         for label, extra in variants:
-            server_args = [*engine_args(key, args.engine_threads), *extra]
+            server_args = [*engine_args(key, args.engine_threads), *admit, *extra]
             result = ServedResult(key, label, server_args)
             results.append(result)
             if not budget.allows(f"served {key} batching {label}"):
@@ -830,8 +834,24 @@ def print_mesh(results: Sequence[MeshResult]) -> None:
 # --------------------------------------------------------------------------- targets, main
 
 
-def checks(rows: Sequence[EngineRow], mesh: Sequence[MeshResult]) -> list[Check]:
+def batching_checks(served: Sequence[ServedResult]) -> list[Check]:
+    """Batching must pay on an accelerator: frames/s with it on over off, same engine, at 8 robots."""
     result = []
+    for key in dict.fromkeys(r.key for r in served if r.key.split(":")[1] != "cpu"):
+        fps = {r.batching: s.fps for r in served if r.key == key
+               for s in r.summaries if s.concurrency == BATCH_GAIN_CONCURRENCY}
+        name = f"{key} batching on / off frames/s at c={BATCH_GAIN_CONCURRENCY} >="
+        if "on" in fps and fps.get("off"):
+            gain = fps["on"] / fps["off"]
+            result.append(Check(name, gain, MIN_ACCEL_BATCH_GAIN, gain >= MIN_ACCEL_BATCH_GAIN))
+        else:
+            result.append(Check(name, float("nan"), MIN_ACCEL_BATCH_GAIN, None))
+    return result
+
+
+def checks(rows: Sequence[EngineRow], mesh: Sequence[MeshResult],
+           served: Sequence[ServedResult] = ()) -> list[Check]:
+    result = batching_checks(served)
     for row in rows:
         if row.available and row.precision == "int8" and (a := row.agreement) is not None:
             result.append(Check(f"{row.key} matched / fp32 detections >=", a.matched_frac, MIN_INT8_MATCHED,
@@ -985,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             mesh, mesh_notes = mesh_section(args, jpegs, rows, log_dir, budget)
             section_s["mesh"] = time.monotonic() - started
-    results = checks(rows, mesh)
+    results = checks(rows, mesh, served)
     print("\n## Targets\n")
     for check in results:
         print(f"  {check.line()}")
