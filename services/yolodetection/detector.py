@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from services.common.imaging import center_color
 from services.yolodetection.batching import BatchConfig, BatcherClosed, DynamicBatcher, Expired, QueueFull
 from services.yolodetection.decode import decode_heads
 from services.yolodetection.engines import EngineRequest, InferenceEngine, ModelFiles, open_engine
+
+log = logging.getLogger(__name__)
 
 # Default largest batch where batching pays: the engine's limit, capped (latency grows with the batch).
 DEFAULT_MAX_BATCH = 8
@@ -120,9 +123,21 @@ class YoloDetector:
         self.batcher.close()
 
     def warm_up(self) -> None:
-        """The first forward allocates everything (about a second): do it before reporting SERVING."""
+        """The first forward allocates everything (about a second): do it before reporting SERVING.
+
+        With batching, each batch size the engine will see (powers of two up to ``max_batch``, and
+        ``max_batch``) runs once too, so the first robots to meet at the engine pay no set-up. The
+        batcher's worker is idle before serving, so calling the engine here does not race it.
+        """
         width, height = self.input_size
         self.heads(np.full((height, width, 3), 127, dtype=np.uint8), {})
+        max_batch = self.batcher.config.max_batch
+        sizes = sorted({min(2 ** k, max_batch) for k in range(1, max_batch.bit_length() + 1)}) if max_batch > 1 else []
+        frame = np.full((1, 3, height, width), 0.5, dtype=np.float32)
+        for size in sizes:
+            started = time.perf_counter()
+            self._infer(np.repeat(frame, size, axis=0))
+            log.info("warmed up a batch", extra={"batch": size, "ms": round(1000 * (time.perf_counter() - started), 1)})
 
     def decode_reduction(self, width: int, height: int) -> int:
         """Always 1: YOLO decodes the JPEG at full size.
