@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = parser.add_argument_group("dynamic batching")
     b.add_argument("--max-batch", type=int, default=env_default("YOLO_MAX_BATCH", 0),
                    help="largest batch of concurrent frames run as one forward pass; 1: batching off; "
-                        f"0: 1 on a CPU (compute-bound: batches do not pay), min({DEFAULT_MAX_BATCH}, the "
-                        "engine's limit) on CUDA/GPU/NPU [YOLO_MAX_BATCH]")
+                        f"0: 1 on a CPU (compute-bound: batches do not pay) and on CUDA (not yet measured to pay), "
+                        f"min({DEFAULT_MAX_BATCH}, the engine's limit) on OpenVINO GPU/NPU [YOLO_MAX_BATCH]")
     b.add_argument("--batch-wait-ms", type=float, default=env_default("YOLO_BATCH_WAIT_MS", 2.0),
                    help="longest a queued frame is held back for a frame known to be on its way (being "
                         "decoded now); 0: never hold, run what is queued [YOLO_BATCH_WAIT_MS]")
@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_max_in_flight(args: argparse.Namespace) -> int:
-    """Batching needs a batch's worth of frames admitted; a CPU without batching only queues them."""
+    """Batching needs a batch's worth of frames admitted; a CPU without batching only queues them.
+
+    On CUDA (batching off by default) frames in flight still pay: the CPU decodes the next frames
+    while the GPU runs one (H200: 106 frames/s with 1 robot, 373 with 8, docs/benchmarks.md).
+    """
     batching = args.max_batch > 1 or (args.max_batch == 0 and args.device != "cpu")
     return max(DEFAULT_MAX_IN_FLIGHT, 2 * (args.max_batch or DEFAULT_MAX_BATCH)) if batching else DEFAULT_MAX_IN_FLIGHT
 

@@ -34,10 +34,15 @@ def default_max_batch(engine: InferenceEngine) -> int:
     OpenCV about 26 ms per image at batch 1 and 4; ONNX Runtime INT8 12.7 vs 14.1 ms in-process),
     while waiting for a batch to form and running several frames in one forward adds latency and,
     served at 4 concurrent robots, measured from -12 % to +10 % throughput run to run. OpenCV also
-    re-allocates its network whenever the batch size changes. Accelerators (CUDA, GPU, NPU) run a
+    re-allocates its network whenever the batch size changes. Intel GPUs and NPUs (OpenVINO) run a
     batch in little more than the time of one frame: there batching is on.
+
+    CUDA is off too until batching is measured to win there: the one served run on a GPU (H200,
+    ONNX Runtime CUDA, 8 robots, docs/benchmarks.md) gave 373 frames/s without batching and 20 with
+    it, before the fixed-shape sessions of the ONNX Runtime engine, which were not yet measured
+    served. ``--max-batch 8`` turns it on.
     """
-    if engine.device.lower().split(":")[0] == "cpu":
+    if engine.device.lower().split(":")[0] in ("cpu", "cuda"):
         return 1
     return max(1, min(DEFAULT_MAX_BATCH, int(engine.max_batch)))
 
