@@ -11,6 +11,7 @@ Samples come from ``/proc``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import statistics
@@ -210,9 +211,30 @@ class SoakReport:
         return [leak for v in self.verdicts for leak in v.leaks]
 
 
+POOL_FILL_CALLS = 48
+
+
+def fill_pools(targets: Targets, jpeg: bytes, calls: int = POOL_FILL_CALLS) -> None:
+    """Many calls at once to every service, so that each grows its RPC thread pool to its bound.
+
+    grpc's pool starts a thread only when a call finds none idle, so a mixed load reaches a new
+    peak of threads whenever its kinds happen to coincide, at any time; filling the pools first
+    makes "no more threads than in the warm-up" a leak test rather than a test of luck.
+    """
+    request = v1.DetectRequest(frame=v1.Frame(number=0, jpeg=jpeg))
+    for target, stub in ((targets.aggregator, v1_grpc.ObjectDetectionStub), (targets.face, v1_grpc.FaceDetectionStub),
+                         (targets.yolo, v1_grpc.YoloDetectionStub)):
+        with grpc.insecure_channel(target) as channel:
+            detect = stub(channel).Detect
+            for future in [detect.future(request, timeout=10.0) for _ in range(calls)]:
+                with contextlib.suppress(grpc.RpcError):
+                    future.result()
+
+
 def soak(targets: Targets, pids: Mapping[str, int], jpegs: list[bytes], seconds: float, warmup_s: float,
          interval_s: float, progress: Callable[[str], None] | None = None) -> SoakReport:
     samples: dict[str, list[Sample]] = {name: [] for name in pids}
+    fill_pools(targets, jpegs[0])
     load = Load(targets, jpegs).start()
     started = time.monotonic()
     try:
