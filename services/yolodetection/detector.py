@@ -137,7 +137,12 @@ class YoloDetector:
         width, height = self.input_size
         self.heads(np.full((height, width, 3), 127, dtype=np.uint8), {})
         max_batch = self.batcher.config.max_batch
-        sizes = sorted({min(2 ** k, max_batch) for k in range(1, max_batch.bit_length() + 1)}) if max_batch > 1 else []
+        sizes, size = [], 2
+        while size < max_batch:
+            sizes.append(size)
+            size *= 2
+        if max_batch > 1:
+            sizes.append(max_batch)
         frame = np.full((1, 3, height, width), 0.5, dtype=np.float32)
         for size in sizes:
             started = time.perf_counter()
