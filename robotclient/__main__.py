@@ -20,7 +20,7 @@ from robotclient.session import SessionConfig
 from robotclient.statemachine import StateTimings
 from robotclient.tls import ClientTls, TlsConfigError
 from robotclient.tracker import TrackerParams
-from robotclient.wire import ENGINES, FrameEncoder, RequestOptions
+from robotclient.wire import ENGINES, FrameEncoder, RequestOptions, engines_for, parse_engines
 
 DEFAULT_SERVER = "localhost:50051"
 
@@ -39,7 +39,9 @@ def _add_offload_arguments(parser: argparse.ArgumentParser, *, local_default: bo
                              "whenever a slot is free")
     parser.add_argument("-o", "--max-objects", type=int, default=10, help="maximum detections per reply")
     parser.add_argument("--user-id", type=int, default=1, help="robot id (sent as user_id and x-robot-id)")
-    parser.add_argument("--engines", default="", help=f"comma-separated subset of {sorted(ENGINES)} (default all)")
+    parser.add_argument("--engines", type=_engines_arg, default=None, metavar="LIST",
+                        help=f"detectors asked for: comma-separated subset of {sorted(ENGINES)}, or all "
+                             "(default: the one that finds -t: face for -t face, yolo for any other class)")
     tls = parser.add_argument_group("TLS (a server reached directly, outside the mesh)")
     tls.add_argument("--tls-ca", default=os.environ.get("OBJECTDETECTION_TLS_CA"),
                      help="PEM CA to verify the server with; turns TLS on (env OBJECTDETECTION_TLS_CA)")
@@ -50,6 +52,13 @@ def _add_offload_arguments(parser: argparse.ArgumentParser, *, local_default: bo
     tls.add_argument("--tls-server-name", default=os.environ.get("OBJECTDETECTION_TLS_SERVER_NAME"),
                      help="name in the server certificate, when --server is an IP "
                           "(env OBJECTDETECTION_TLS_SERVER_NAME)")
+
+
+def _engines_arg(text: str) -> tuple[str, ...]:
+    try:
+        return parse_engines(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _add_session_arguments(parser: argparse.ArgumentParser, *, wakeup: float) -> None:
@@ -74,7 +83,8 @@ def client_tls(args: argparse.Namespace) -> ClientTls | None:
 
 
 def offload_config(args: argparse.Namespace, target: str) -> OffloadConfig:
-    engines = tuple(e for e in args.engines.split(",") if e)
+    """The offload client's settings from the flags; the detectors asked for follow ``-t`` unless ``--engines``."""
+    engines = args.engines if args.engines is not None else engines_for(args.target_class)
     tls = client_tls(args)
     return OffloadConfig(
         target=target,
@@ -151,7 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("run: driving a robot needs the controller: add -c", file=sys.stderr)
         return 2
     window = not args.novideo and display_available() and _gui_available()
-    options = RunOptions(window=window, log_path=args.log, duration_s=args.duration, video_path=args.video)
+    offload = offload_config(args, target)
+    options = RunOptions(window=window, log_path=args.log, duration_s=args.duration, video_path=args.video,
+                         asked=offload.request.asked)
     try:
         # A clip stands in for the camera: play it at its own frame rate, not as fast as it decodes.
         source = open_source(args.input, repeat=args.repeat, realtime=True)
@@ -166,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         driver = open_driver(args.robot, **(robomaster_options if args.robot == "robomaster" else {}))
         with (
             source,
-            OffloadClient(offload_config(args, target)) as client,
+            OffloadClient(offload) as client,
             SafeRobot(driver, session.limits) as robot,
             KeyReader() as keys,
         ):
@@ -211,9 +223,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
             start = time.monotonic()
             source = SimCamera(world, robot, fps=args.fps, start=start)
             score = SimScore(world, robot, start, band)
+            offload = offload_config(args, target)
             options = RunOptions(duration_s=args.duration, log_path=out / "frames.csv" if out else None,
-                                 video_path=out / "sim.mp4" if out else None, video_fps=args.fps)
-            with OffloadClient(offload_config(args, target)) as client, SafeRobot(robot, session.limits) as safe:
+                                 video_path=out / "sim.mp4" if out else None, video_fps=args.fps,
+                                 asked=offload.request.asked)
+            with OffloadClient(offload) as client, SafeRobot(robot, session.limits) as safe:
                 run = RobotRun(source, client, safe, FollowSession(session, start), options, live=live,
                                on_decision=score.observe, out=sys.stderr)
                 summary = run.run()
@@ -221,6 +235,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if live is not None:
             live.stop()
     summary.update(score.report())
+    summary["engines_asked"] = list(offload.request.asked)
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

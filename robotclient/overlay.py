@@ -2,12 +2,13 @@
 
 Drawing works on a copy so that the frame sent to the mesh, recorded, or
 tracked stays untouched. Everything the operator needs to judge the loop is on
-the picture: the state, the round trip, which replica answered, the command.
+the picture: the state, the round trip, which replica answered, the command,
+and which detectors the robot asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import cv2
@@ -81,6 +82,10 @@ def _status_text(
     return "  |  ".join(parts)
 
 
+def _asked_text(asked: Sequence[str]) -> str:
+    return f"asked: {','.join(asked)}"
+
+
 def draw(
     image: np.ndarray,
     *,
@@ -93,10 +98,12 @@ def draw(
     fps: float | None = None,
     detections: Iterable[Detection] = (),
     hit: bool = False,
+    asked: Sequence[str] = (),
 ) -> np.ndarray:
     """A copy of ``image`` with raw detections (thin), tracks, the target (thick, magenta), a status bar.
 
-    ``hit`` frames the picture in red, for the frames after the robot's armour was hit.
+    ``hit`` frames the picture in red, for the frames after the robot's armour was hit. ``asked`` (the
+    detectors the robot asks for, e.g. ``("yolo",)``) adds an ``asked: yolo`` line above the status line.
     """
     out = image.copy()
     for d in detections:
@@ -112,7 +119,10 @@ def draw(
         _draw_track(out, target, TARGET_COLOR, TARGET_THICKNESS, prefix="target ")
     if hit:
         cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), HIT_COLOR, HIT_BORDER)
-    _draw_status(out, _status_text(state, rtt_ms, served_by, command, fps))
+    lines = [_status_text(state, rtt_ms, served_by, command, fps)]
+    if asked:
+        lines.insert(0, _asked_text(asked))
+    _draw_status(out, lines)
     return out
 
 
@@ -127,8 +137,10 @@ def _draw_track(image: np.ndarray, track: TrackLike, color: tuple[int, int, int]
     _label(image, text, x, y - thickness, color)
 
 
-def _draw_status(image: np.ndarray, text: str) -> None:
+def _draw_status(image: np.ndarray, lines: Sequence[str]) -> None:
+    """A dark bar at the bottom with one line of text per ``BAR_HEIGHT``, the last line lowest."""
     height, width = image.shape[:2]
-    top = max(0, height - BAR_HEIGHT)
+    top = max(0, height - BAR_HEIGHT * len(lines))
     cv2.rectangle(image, (0, top), (width - 1, height - 1), BAR_COLOR, cv2.FILLED)
-    cv2.putText(image, text, (6, height - 7), _FONT, 0.45, TEXT_COLOR, 1, cv2.LINE_AA)
+    for row, text in enumerate(reversed(lines)):
+        cv2.putText(image, text, (6, height - 7 - row * BAR_HEIGHT), _FONT, 0.45, TEXT_COLOR, 1, cv2.LINE_AA)

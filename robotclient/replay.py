@@ -108,7 +108,8 @@ class Replay:
                         frame.image, tracks=decision.tracks,
                         target_id=decision.target.track_id if decision.target else None,
                         state=decision.state.value, rtt_ms=result.rtt_ms if result else None,
-                        served_by=result.served_by.label() if result else "", command=decision.command))
+                        served_by=result.served_by.label() if result else "", command=decision.command,
+                        asked=self.offload.request.asked))
                 bar.update(1)
 
             def answered_in_order() -> None:
@@ -170,6 +171,7 @@ class Replay:
                 "realtime": options.realtime,
                 "server": self.offload.target,
                 "protocol": self.offload.dialect,
+                "engines_asked": list(self.offload.request.asked),
                 "max_in_flight": self.offload.max_in_flight,
                 "dropped_stale": stats.replaced,
                 "out_of_order": stats.out_of_order,

@@ -42,6 +42,8 @@ class RunOptions:
     duration_s: float | None = None
     video_path: Path | None = None
     video_fps: float = 10.0
+    asked: tuple[str, ...] = ()
+    """The detectors the offload client asks for (its ``RequestOptions.asked``), shown on the annotated frame."""
 
 
 class Rates:
@@ -187,7 +189,8 @@ class RobotRun:
         image = overlay.draw(
             frame.image, tracks=decision.tracks, target_id=decision.target.track_id if decision.target else None,
             state=decision.state.value, rtt_ms=result.rtt_ms if result else None,
-            served_by=result.served_by.label() if result else "", command=decision.command, fps=fps)
+            served_by=result.served_by.label() if result else "", command=decision.command, fps=fps,
+            asked=self.options.asked)
         if self.live is not None:
             self.live.publish(image)
         if self.options.video_path is not None:

@@ -23,6 +23,29 @@ ENGINES = {"face": v1.ENGINE_FACE, "yolo": v1.ENGINE_YOLO}
 _ENGINE_NAMES = {v1.ENGINE_FACE: "face", v1.ENGINE_YOLO: "yolo"}
 
 
+def engines_for(target_class: str) -> tuple[str, ...]:
+    """The detectors a robot following ``target_class`` asks for when none are named.
+
+    ``face`` is found by the face detector only; every other class (``person``, or any other COCO
+    class) by YOLO only. Asking for a detector whose detections the robot does not follow would make
+    every frame wait for it (the face detector is the slower one).
+    """
+    return ("face",) if target_class == "face" else ("yolo",)
+
+
+def parse_engines(text: str) -> tuple[str, ...]:
+    """``"yolo,face"`` -> ``("yolo", "face")``; ``"all"`` names every engine; an unknown or empty list is refused."""
+    if text.strip() == "all":
+        return tuple(sorted(ENGINES))
+    names = tuple(dict.fromkeys(e.strip() for e in text.split(",") if e.strip()))
+    if not names:
+        raise ValueError(f"no engine named; choose from {sorted(ENGINES)} or 'all'")
+    unknown = [e for e in names if e not in ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engine(s) {unknown}; choose from {sorted(ENGINES)} or 'all'")
+    return names
+
+
 @dataclass(frozen=True)
 class EncodedFrame:
     """The JPEG actually sent and the factors that map its pixels back to the captured frame."""
@@ -80,6 +103,11 @@ class RequestOptions:
         unknown = [e for e in self.engines if e not in ENGINES]
         if unknown:
             raise ValueError(f"unknown engine(s) {unknown}; choose from {sorted(ENGINES)}")
+
+    @property
+    def asked(self) -> tuple[str, ...]:
+        """The engines this asks for by name: ``engines``, or every engine when it is empty (the server's default)."""
+        return self.engines or tuple(sorted(ENGINES))
 
 
 class Dialect:
@@ -143,7 +171,7 @@ class LegacyProtocol(Dialect):
         return legacy_grpc.ObjectDetectionStub(channel).ObjectDetect
 
     def request(self, frame: CapturedFrame, encoded: EncodedFrame, options: RequestOptions) -> Any:
-        wanted = set(options.engines) or set(ENGINES)
+        wanted = set(options.asked)
         return legacy.ObjectDetectionRequest(
             user_id=options.user_id,
             frame=legacy.VideoFrame(number=frame.number, timestamp=int(frame.captured_at * 1e6), img=encoded.jpeg),

@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from robotclient import sampledata
+from robotclient import overlay, sampledata
 from robotclient.drivers.safety import SafeRobot
 from robotclient.drivers.sim import SimulatedRobot
 from robotclient.limits import SpeedLimits
@@ -40,6 +40,7 @@ from robotclient.sources import FileSource
 from robotclient.statemachine import Event, State, StateTimings, Transition
 from services.launcher import LocalStack, wait_serving
 from tests.integration.conftest import START_TIMEOUT_S, Spawner
+from tests.integration.test_metrics import scrape, value
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP_SIZE = (768, 576)  # vtest.avi, DESIGN.md section 4
@@ -66,6 +67,11 @@ def optional_float(value: str) -> float | None:
     return float(value) if value else None
 
 
+def detector_calls(stack: LocalStack) -> dict[str, float]:
+    """Requests each detector server has handled so far, from its /metrics."""
+    return {s.name: value(scrape(s), "robomesh_requests_total", service=s.name) for s in (stack.face, stack.yolo)}
+
+
 def assert_within_limits(rows: list[dict[str, str]]) -> None:
     for row in rows:
         x, y, z = float(row["cmd_x"]), float(row["cmd_y"]), float(row["cmd_z"])
@@ -79,10 +85,12 @@ def assert_within_limits(rows: list[dict[str, str]]) -> None:
 
 def test_replay_of_100_frames_through_the_mesh(stack: LocalStack, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "replay"
+    calls_before = detector_calls(stack)
     done = robotclient("replay", str(data_dir / "vtest.avi"), "--server", stack.aggregator.target,
                        "--frames", "100", "--out", str(out), "--no-progress", timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+    calls = {name: n - calls_before[name] for name, n in detector_calls(stack).items()}
 
     rows = read_csv(out / "frames.csv")
     assert FIELDS == DOCUMENTED_COLUMNS
@@ -122,6 +130,10 @@ def test_replay_of_100_frames_through_the_mesh(stack: LocalStack, data_dir: Path
     frames = sampledata.read_frames(out / "annotated.mp4")
     assert len(frames) == 100
     assert (frames[0].shape[1], frames[0].shape[0]) == CLIP_SIZE
+    # Above the status line, the "asked: yolo" line: a dark bar where the clip's pavement was.
+    bar = overlay.BAR_HEIGHT
+    asked_row = frames[50][-2 * bar + 3:-bar - 3, 200:]
+    assert abs(float(asked_row.mean()) - overlay.BAR_COLOR[0]) < 10, float(asked_row.mean())
 
     summary = json.loads((out / "summary.json").read_text())
     assert json.loads(done.stdout) == summary
@@ -129,7 +141,10 @@ def test_replay_of_100_frames_through_the_mesh(stack: LocalStack, data_dir: Path
     assert summary["answered"] == len(answered) and summary["failed"] == len(failed)
     assert summary["out_of_order"] == len(failed)
     assert summary["realtime"] is False and summary["server"] == stack.aggregator.target
-    assert summary["fps"] == round(summary["answered"] / summary["wall_s"], 2) and summary["fps"] > 1
+    # fps (2 decimals) comes from the unrounded wall time; wall_s is rounded to the millisecond.
+    answered_n, wall = summary["answered"], summary["wall_s"]
+    assert answered_n / (wall + 5e-4) - 5e-3 <= summary["fps"] <= answered_n / (wall - 5e-4) + 5e-3, summary
+    assert summary["fps"] > 1
     rtts = sorted(float(r["rtt_ms"]) for r in answered)
     assert 0 < summary["rtt_ms"]["p50"] <= summary["rtt_ms"]["p95"] <= rtts[-1]
     assert rtts[0] <= summary["rtt_ms"]["p50"]
@@ -140,6 +155,38 @@ def test_replay_of_100_frames_through_the_mesh(stack: LocalStack, data_dir: Path
     assert abs(sum(per_state.values()) - summary["wall_s"]) <= max(0.5, 0.1 * summary["wall_s"]), summary
     assert summary["target_ids"] == sorted(set(targets))
     assert summary["frames_with_target"] == len(targets)
+
+    # Following a person (the default -t), the robot asks YOLO only: no frame waits for the face detector.
+    assert summary["engines_asked"] == ["yolo"]
+    assert calls["facedetection"] == 0, calls
+    assert len(answered) <= calls["yolodetection"] <= summary["frames_read"], calls
+
+
+def test_replay_following_a_face_asks_the_face_detector_only(stack: LocalStack, data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "faces"
+    calls_before = detector_calls(stack)
+    done = robotclient("replay", str(data_dir / "Megamind.avi"), "-t", "face", "--server",
+                       stack.aggregator.target, "--frames", "10", "--out", str(out), "--no-progress", "--no-video",
+                       timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = {name: n - calls_before[name] for name, n in detector_calls(stack).items()}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engines_asked"] == ["face"] and summary["target_class"] == "face"
+    assert calls["yolodetection"] == 0, calls
+    assert 0 < summary["answered"] <= calls["facedetection"] <= 10, calls
+    assert summary["frames_with_target"] > 0  # Haar finds Megamind's face: the robot follows it
+
+
+def test_replay_with_a_wrong_engine_name_stops_before_starting_anything(tmp_path: Path) -> None:
+    done = robotclient("replay", "--engines", "yolo,lidar", "--out", str(tmp_path / "out"), timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "robotclient replay: error: argument --engines: unknown engine(s) ['lidar']; "
+        "choose from ['face', 'yolo'] or 'all'")
+    assert "starting the detection services" not in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_realtime_replay_answers_what_it_can_and_decides_every_frame(stack: LocalStack, data_dir: Path,
@@ -284,6 +331,10 @@ def test_sim_keeps_the_person_centred(stack: LocalStack, tmp_path: Path) -> None
     assert abs(summary["wall_s"] - duration) < 2.0
     frames = sampledata.read_frames(out / "sim.mp4")
     assert len(frames) >= 0.5 * summary["sim_frames"]
+    assert summary["engines_asked"] == ["yolo"]
+    bar = overlay.BAR_HEIGHT  # the "asked: yolo" line above the status line
+    asked_row = frames[len(frames) // 2][-2 * bar + 3:-bar - 3, 200:]
+    assert abs(float(asked_row.mean()) - overlay.BAR_COLOR[0]) < 10, float(asked_row.mean())
     rows = read_csv(out / "frames.csv")
     assert {r["state"] for r in rows} <= STATES
     assert_within_limits(rows)

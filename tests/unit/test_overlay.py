@@ -80,3 +80,20 @@ def test_hit_frame_detections_and_missing_values(frame: np.ndarray) -> None:
     assert overlay._status_text("SEARCH", None, None, None, None) == "SEARCH  |  rtt -  |  no reply  |  x - z -"
     text = overlay._status_text("FOLLOW", 41.6, ServedBy(hostname="h", site="edge"), Command(0.25, 0, -8), 9.94)
     assert text == "FOLLOW  |  rtt 42 ms  |  edge/h  |  x +0.25 z -8  |  9.9 fps"
+
+
+def test_the_detectors_asked_for_get_their_own_line_above_the_status(frame: np.ndarray) -> None:
+    plain = _draw(frame, [], target_id=None)
+    yolo = _draw(frame, [], target_id=None, asked=("yolo",))
+    face = _draw(frame, [], target_id=None, asked=("face",))
+    bar = overlay.BAR_HEIGHT
+    # The status line stays where it was; a second bar row holds "asked: ...".
+    assert np.array_equal(plain[-bar:], yolo[-bar:])
+    assert not np.array_equal(plain[-2 * bar:-bar], yolo[-2 * bar:-bar])
+    assert np.array_equal(plain[:-2 * bar], yolo[:-2 * bar])  # nothing else moves
+    row = yolo[-2 * bar:-bar]
+    assert (row == overlay.BAR_COLOR).all(axis=2).mean() > 0.9  # the dark bar, with a little text
+    assert (row.min(axis=2) > 150).any()  # light text on it
+    assert not np.array_equal(yolo[-2 * bar:-bar], face[-2 * bar:-bar])  # the text names the engines
+    assert overlay._asked_text(("yolo",)) == "asked: yolo"
+    assert overlay._asked_text(("yolo", "face")) == "asked: yolo,face"

@@ -11,7 +11,16 @@ from protos import detection_pb2 as legacy
 from protos import detection_v1_pb2 as v1
 from robotclient.model import Box, CapturedFrame, Detection, ServedBy
 from robotclient.offload import bottleneck_ms
-from robotclient.wire import DIALECTS, EncodedFrame, FrameEncoder, LegacyProtocol, RequestOptions, V1Protocol
+from robotclient.wire import (
+    DIALECTS,
+    EncodedFrame,
+    FrameEncoder,
+    LegacyProtocol,
+    RequestOptions,
+    V1Protocol,
+    engines_for,
+    parse_engines,
+)
 
 
 def gradient_image(width: int, height: int) -> np.ndarray:
@@ -111,6 +120,49 @@ def test_known_engines_and_defaults() -> None:
     assert RequestOptions(engines=("face", "yolo")).engines == ("face", "yolo")
     defaults = RequestOptions()
     assert (defaults.max_results, defaults.user_id, defaults.engines) == (10, 1, ())
+
+
+# ---------------------------------------------------------------- which engines the robot asks for
+
+
+@pytest.mark.parametrize(("target_class", "engines"), [
+    ("person", ("yolo",)),  # the default -t: YOLO only, never the slower face detector
+    ("face", ("face",)),  # Haar finds faces; YOLO's COCO classes have none
+    ("dog", ("yolo",)),  # any other COCO class is YOLO's
+    ("bicycle", ("yolo",)),
+])
+def test_engines_follow_the_target_class(target_class: str, engines: tuple[str, ...]) -> None:
+    assert engines_for(target_class) == engines
+    RequestOptions(engines=engines_for(target_class))  # always names known engines
+
+
+@pytest.mark.parametrize(("text", "engines"), [
+    ("yolo", ("yolo",)),
+    ("face", ("face",)),
+    ("yolo,face", ("yolo", "face")),  # order kept as given
+    (" face , yolo ,", ("face", "yolo")),
+    ("yolo,yolo", ("yolo",)),
+    ("all", ("face", "yolo")),
+])
+def test_engine_lists_parse(text: str, engines: tuple[str, ...]) -> None:
+    assert parse_engines(text) == engines
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("lidar", r"unknown engine\(s\) \['lidar'\]; choose from \['face', 'yolo'\] or 'all'"),
+    ("yolo,Face", r"unknown engine\(s\) \['Face'\]"),
+    ("", "no engine named"),
+    (",", "no engine named"),
+])
+def test_bad_engine_lists_are_refused_with_the_choices(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_engines(text)
+
+
+def test_asked_names_every_engine_when_none_is_given() -> None:
+    assert RequestOptions(engines=("yolo",)).asked == ("yolo",)
+    assert RequestOptions(engines=("face", "yolo")).asked == ("face", "yolo")
+    assert RequestOptions().asked == ("face", "yolo")
 
 
 def test_dialects_by_name() -> None:
