@@ -24,10 +24,12 @@ $(STAMP): pyproject.toml setup.py
 protos: $(STAMP)
 	$(PY) -m protos.generate > /dev/null
 
-# The Darknet files, then their ONNX conversion and its INT8 quantization (calibrated on the sample clip).
+# The Darknet files, then their ONNX conversion and its INT8 quantization (calibrated on the sample clip),
+# and the reference frames on which the server checks INT8 against FP32 cv2.dnn at start-up.
 models: setup data
 	$(PY) -m services.yolodetection.model
 	$(PY) -m services.yolodetection.quantize
+	$(PY) -m services.yolodetection.reference
 
 data: setup
 	$(PY) -m robotclient.sampledata

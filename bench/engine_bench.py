@@ -74,6 +74,7 @@ from protos import detection_v1_pb2_grpc as v1_grpc
 from robotclient import sampledata
 from services.launcher import LocalStack, ServiceProcess, free_port, wait_serving
 from services.yolodetection import model
+from services.yolodetection.agreement import MATCH_IOU, Agreement, agreement
 from services.yolodetection.decode import RawBox, decode_heads
 from services.yolodetection.detector import cfg_input_size
 from services.yolodetection.engines import (
@@ -88,7 +89,7 @@ from services.yolodetection.engines import (
 
 SECTIONS = ("engines", "served", "mesh")
 REFERENCE = "opencv:cpu:fp32"
-CONF_THRESHOLD, NMS_THRESHOLD, MATCH_IOU = 0.5, 0.4, 0.5
+CONF_THRESHOLD, NMS_THRESHOLD = 0.5, 0.4
 BATCH = 4
 WARMUP_CALLS = 5  # after the first inference, before timing (thread pools, caches, lazy allocations)
 START_TIMEOUT_S = 300.0  # first start of an INT8 server may convert and calibrate the model
@@ -332,60 +333,6 @@ def percentiles(values: Sequence[float]) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- detection agreement
-
-
-def iou(a: RawBox, b: RawBox) -> float:
-    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
-    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
-    inter = ix * iy
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union > 0 else 0.0
-
-
-def match(reference: Sequence[RawBox], candidate: Sequence[RawBox], threshold: float = MATCH_IOU
-          ) -> tuple[int, int, int]:
-    """(matched, missed, extra): greedy one-to-one pairs of the same class, best IoU first, IoU >= threshold."""
-    pairs = sorted(((iou(r, c), i, j) for i, r in enumerate(reference) for j, c in enumerate(candidate)
-                    if r.class_id == c.class_id), reverse=True)
-    used_r: set[int] = set()
-    used_c: set[int] = set()
-    for value, i, j in pairs:
-        if value < threshold:
-            break
-        if i not in used_r and j not in used_c:
-            used_r.add(i)
-            used_c.add(j)
-    matched = len(used_r)
-    return matched, len(reference) - matched, len(candidate) - matched
-
-
-@dataclass
-class Agreement:
-    frames: int
-    reference_detections: int
-    detections: int
-    matched: int
-    missed: int
-    extra: int
-    persons_per_frame: float
-
-    @property
-    def matched_frac(self) -> float:
-        return self.matched / self.reference_detections if self.reference_detections else float("nan")
-
-    @property
-    def extra_frac(self) -> float:
-        return self.extra / self.reference_detections if self.reference_detections else float("nan")
-
-
-def agreement(reference: Sequence[Sequence[RawBox]], candidate: Sequence[Sequence[RawBox]],
-              person_id: int) -> Agreement:
-    totals = [match(r, c) for r, c in zip(reference, candidate, strict=True)]
-    return Agreement(
-        frames=len(candidate), reference_detections=sum(len(r) for r in reference),
-        detections=sum(len(c) for c in candidate), matched=sum(t[0] for t in totals),
-        missed=sum(t[1] for t in totals), extra=sum(t[2] for t in totals),
-        persons_per_frame=sum(b.class_id == person_id for c in candidate for b in c) / max(len(candidate), 1))
 
 
 # --------------------------------------------------------------------------- 1. engines in-process

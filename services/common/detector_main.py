@@ -11,6 +11,7 @@ from protos import detection_pb2_grpc as legacy_grpc
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
 from services.common.config import DEFAULT_MAX_IN_FLIGHT, ServerConfig, env_default
+from services.common.cpus import available_cpus
 from services.common.detections import Detector
 from services.common.detector_service import DetectorCore, DetectorV1Servicer
 from services.common.identity import served_by_from_env
@@ -25,7 +26,8 @@ _V1_NAMES = {v1.ENGINE_FACE: "FaceDetection", v1.ENGINE_YOLO: "YoloDetection"}
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=env_default("OPENCV_THREADS", 0),
-                        help="OpenCV worker threads; 0 keeps OpenCV's default (one per core) [OPENCV_THREADS]")
+                        help="OpenCV worker threads; 0: the CPUs this process may use (affinity capped by the "
+                             "cgroup CPU quota, e.g. a Kubernetes CPU limit) [OPENCV_THREADS]")
     parser.add_argument("--inject-delay-ms", type=float, default=env_default("INJECT_DELAY_MS", 0.0),
                         help="fault injection: sleep this long before each detection (experiments, tests) "
                              "[INJECT_DELAY_MS]")
@@ -41,8 +43,7 @@ def run_detector_server(
     """Opens the port (NOT_SERVING), loads and warms the detector, serves v1 and legacy, drains on SIGTERM."""
     config = ServerConfig.from_args(args, default_max_in_flight)
     configure_logging(service, config.log_level)
-    if args.threads > 0:
-        cv2.setNumThreads(args.threads)
+    cv2.setNumThreads(args.threads if args.threads > 0 else available_cpus())
     identity = served_by_from_env(service)
     metrics = ServiceMetrics(service, identity.version, identity.site)
     detector: Loaded[Detector] = Loaded()

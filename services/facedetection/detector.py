@@ -19,15 +19,24 @@ from services.common.imaging import center_color
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 # The frontal-face cascades scan a 24x24 window: a face smaller than that is invisible.
 CASCADE_WINDOW = 24
+# libjpeg's DCT scaling: the frame can be decoded at 1/1, 1/2, 1/4 or 1/8 of its size for free.
+DOWNSCALES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
 class FaceParams:
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
+    # Pyramid step and neighbours, chosen with the downscale below on Megamind.avi against full-resolution
+    # (1.1, 5): at 1/2 size, (1.2, 3) matched 343 of its 378 faces with 6 extra, (1.1, 5) 344 with 14 extra,
+    # at 0.6x the time (docs/benchmarks.md, Face).
+    scale_factor: float = 1.2
+    min_neighbors: int = 3
     # Smallest face wanted, in pixels of the frame as sent.
     min_size: int = 30
     cascade: str = DEFAULT_CASCADE
+    # Haar runs on the frame decoded at 1/downscale: 2 is about 3x faster than 1 and found a face in 263 of
+    # the 266 Megamind.avi frames where full resolution does (docs/benchmarks.md). The window then spans
+    # 24 x downscale frame pixels: that is the smallest face found (48 px at 2; see smallest_face).
+    downscale: int = 2
 
     def __post_init__(self) -> None:
         if self.scale_factor <= 1.0:
@@ -36,6 +45,13 @@ class FaceParams:
             raise ValueError(f"min neighbours must be >= 0; got {self.min_neighbors}")
         if self.min_size < CASCADE_WINDOW:
             raise ValueError(f"min size must be >= {CASCADE_WINDOW} px (the cascade window); got {self.min_size}")
+        if self.downscale not in DOWNSCALES:
+            raise ValueError(f"downscale must be one of {', '.join(map(str, DOWNSCALES))}; got {self.downscale}")
+
+    @property
+    def smallest_face(self) -> int:
+        """Smallest face found, in frame pixels: the min size, or the cascade window at the decoded scale."""
+        return max(self.min_size, CASCADE_WINDOW * self.downscale)
 
 
 def level_weight_confidence(weight: float) -> float:
@@ -70,11 +86,12 @@ class HaarFaceDetector:
         self._lock = threading.Lock()
 
     def decode_reduction(self, width: int, height: int) -> int:
-        """Decode at 1/k size when the smallest wanted face still fills the cascade window."""
-        k = 1
-        for candidate in (2, 4, 8):
+        """Decode at 1/k size: the downscale asked for, or more when the smallest wanted face still fills
+        the cascade window at 1/k (``--min-size 96``: 1/4)."""
+        k = self.params.downscale
+        for candidate in DOWNSCALES:
             if self.params.min_size >= CASCADE_WINDOW * candidate:
-                k = candidate
+                k = max(k, candidate)
         return k
 
     def detect(

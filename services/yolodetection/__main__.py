@@ -9,9 +9,10 @@ from pathlib import Path
 
 from protos import detection_v1_pb2 as v1
 from services.common.config import DEFAULT_MAX_IN_FLIGHT, add_server_arguments, env_default
+from services.common.cpus import available_cpus
 from services.common.detector_main import add_detector_arguments, run_detector_server
 from services.yolodetection.detector import DEFAULT_MAX_BATCH, YoloDetector, YoloParams
-from services.yolodetection.engines import DEVICES, ENGINES, PRECISIONS, EngineRequest
+from services.yolodetection.engines import AUTO, DEVICES, ENGINES, PRECISIONS, EngineRequest
 from services.yolodetection.model import default_model_paths
 
 DEFAULT_PORT = 50055
@@ -34,17 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum class confidence [YOLO_CONF_THRESHOLD]")
     g.add_argument("--nms-threshold", type=float, default=env_default("YOLO_NMS_THRESHOLD", 0.4),
                    help="IoU above which same-class boxes are suppressed [YOLO_NMS_THRESHOLD]")
-    g.add_argument("--engine", choices=ENGINES, default=env_default("YOLO_ENGINE", "opencv"),
-                   help="inference engine: opencv (cv2.dnn on the Darknet files), onnxruntime or openvino (on the "
-                        "converted ONNX model, cached next to the weights) [YOLO_ENGINE]")
+    g.add_argument("--engine", choices=(AUTO, *ENGINES), default=env_default("YOLO_ENGINE", AUTO),
+                   help="inference engine: auto (default: the fastest installed here that keeps >= 95 %% of FP32 "
+                        "cv2.dnn's person detections on the reference frames, else cv2.dnn), opencv (cv2.dnn on the "
+                        "Darknet files), onnxruntime or openvino (on the converted ONNX model, cached next to the "
+                        "weights) [YOLO_ENGINE]")
     g.add_argument("--device", choices=DEVICES, default=env_default("YOLO_DEVICE", "cpu"),
                    help="inference device: cpu; cuda (opencv with a CUDA build, onnxruntime-gpu); gpu, npu "
                         "(openvino); myriad (OpenVINO 2022.3 LTS only); auto = the fastest present [YOLO_DEVICE]")
-    g.add_argument("--precision", choices=PRECISIONS, default=env_default("YOLO_PRECISION", "fp32"),
-                   help="fp32, or int8 (post-training static quantization calibrated on real frames; "
-                        "onnxruntime and openvino) [YOLO_PRECISION]")
+    g.add_argument("--precision", choices=(AUTO, *PRECISIONS), default=env_default("YOLO_PRECISION", AUTO),
+                   help="auto (default: int8 on a CPU where it passes the check above, else fp32), fp32, or int8 "
+                        "(post-training static quantization calibrated on real frames; onnxruntime and openvino) "
+                        "[YOLO_PRECISION]")
     g.add_argument("--engine-threads", type=int, default=env_default("YOLO_ENGINE_THREADS", 0),
-                   help="CPU threads of the engine; 0: its default [YOLO_ENGINE_THREADS]")
+                   help="CPU threads of the engine; 0: the CPUs this process may use (affinity capped by the cgroup "
+                        "CPU quota) [YOLO_ENGINE_THREADS]")
     g.add_argument("--allow-fallback", action="store_true",
                    default=env_default("YOLO_ALLOW_FALLBACK", "") in ("1", "true", "yes"),
                    help="run on the CPU when the requested device is missing, instead of failing "
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg=args.cfg, weights=args.weights, names=args.names, conf_threshold=args.conf_threshold,
         nms_threshold=args.nms_threshold,
         engine=EngineRequest(engine=args.engine, device=args.device, precision=args.precision,
-                             allow_fallback=args.allow_fallback, threads=args.engine_threads),
+                             allow_fallback=args.allow_fallback,
+                             threads=args.engine_threads or available_cpus()),
         input_size=(args.input_size, args.input_size) if args.input_size else None,
         max_batch=args.max_batch, max_queue=args.max_queue, batch_wait_s=args.batch_wait_ms / 1000.0,
         engine_delay_s=args.inject_engine_delay_ms / 1000.0,
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         detector.warm_up()
         logging.getLogger(__name__).info(
             "model ready", extra={"device": detector.device, "cfg": str(params.cfg), "input": detector.input_size,
+                                  "engine_threads": params.engine.threads,
                                   "max_batch": detector.batcher.config.max_batch,
                                   "max_queue": params.max_queue, "batch_wait_ms": args.batch_wait_ms})
         return detector

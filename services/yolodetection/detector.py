@@ -19,7 +19,8 @@ from services.common.errors import RequestError
 from services.common.imaging import center_color
 from services.yolodetection.batching import BatchConfig, BatcherClosed, DynamicBatcher, Expired, QueueFull
 from services.yolodetection.decode import decode_heads
-from services.yolodetection.engines import EngineRequest, InferenceEngine, ModelFiles, open_engine
+from services.yolodetection.engine_choice import choose_engine, log_choice
+from services.yolodetection.engines import EngineRequest, InferenceEngine, ModelFiles
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ class YoloDetector:
         self.clock = clock
         self.class_names = read_class_names(params.names)
         self.input_size = params.input_size or cfg_input_size(params.cfg)
-        self.engine_impl = open_engine(ModelFiles(params.cfg, params.weights, self.input_size), params.engine)
+        choice = choose_engine(ModelFiles(params.cfg, params.weights, self.input_size), params.engine)
+        log_choice(choice, params.engine)
+        self.engine_impl = choice.engine
         # What served_by and health report: engine, device really used, precision.
         self.device = f"{self.engine_impl.name}:{self.engine_impl.device}:{self.engine_impl.precision}"
         self._sleep = sleep

@@ -63,6 +63,11 @@ def default_model_paths(directory: Path | None = None) -> ModelPaths:
     return ModelPaths(directory / "yolov3-tiny.cfg", directory / "yolov3-tiny.weights", directory / "coco.names")
 
 
+def default_clip() -> Path:
+    """The sample clip ``make data`` caches (robotclient.sampledata): calibration and reference frames."""
+    return cache_dir().parent.parent / "data" / "vtest.avi"
+
+
 def is_cached(directory: Path) -> bool:
     return all((directory / name).is_file() and sha256(directory / name) == h for name, h in CACHED_FILES.items())
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from services.yolodetection.convert import ensure_onnx
 from services.yolodetection.detector import cfg_input_size
-from services.yolodetection.model import cache_dir, default_model_paths
+from services.yolodetection.model import default_clip, default_model_paths
 
 # Calibration frames: [start, stop) every step-th frame of the clip.
 DEFAULT_FRAMES = (0, 300, 3)
@@ -32,10 +32,6 @@ RECIPE_KEY, RECIPE = "robomesh.quantization", "static-qdq-minmax-per-channel-red
 
 def int8_path(fp32: Path) -> Path:
     return fp32.with_name(fp32.stem + "-int8.onnx")
-
-
-def default_clip() -> Path:
-    return cache_dir().parent.parent / "data" / "vtest.avi"
 
 
 def calibration_blobs(clip: Path, frames: tuple[int, int, int], input_size: tuple[int, int]) -> list[np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.yolodetection.engines.base import (
+    AUTO,
     DEVICES,
     ENGINES,
     PRECISIONS,
@@ -13,13 +14,15 @@ from services.yolodetection.engines.base import (
 )
 
 __all__ = [
-    "DEVICES", "ENGINES", "PRECISIONS", "DeviceUnavailable", "EngineRequest", "InferenceEngine", "ModelFiles",
+    "AUTO", "DEVICES", "ENGINES", "PRECISIONS", "DeviceUnavailable", "EngineRequest", "InferenceEngine", "ModelFiles",
     "open_engine",
 ]
 
 
 def open_engine(model: ModelFiles, request: EngineRequest) -> InferenceEngine:
     """The engine asked for, on the device asked for; DeviceUnavailable (with why) when it cannot run here."""
+    if request.engine == AUTO or request.precision == AUTO:
+        raise ValueError("open_engine needs a concrete engine and precision; choose_engine resolves 'auto'")
     if request.engine == "opencv":
         from services.yolodetection.engines.opencv_engine import OpenCVEngine
 

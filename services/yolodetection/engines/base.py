@@ -18,6 +18,9 @@ import numpy as np
 ENGINES = ("opencv", "onnxruntime", "openvino")
 DEVICES = ("auto", "cpu", "cuda", "gpu", "npu", "myriad")
 PRECISIONS = ("fp32", "int8")
+# Left to the server: the fastest engine / precision installed here that keeps the reference's answers
+# (services.yolodetection.engine_choice).
+AUTO = "auto"
 
 
 class DeviceUnavailable(RuntimeError):
@@ -36,12 +39,12 @@ class EngineRequest:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        if self.engine not in (AUTO, *ENGINES):
+            raise ValueError(f"engine must be one of {AUTO}, {', '.join(ENGINES)}; got {self.engine!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.precision not in (AUTO, *PRECISIONS):
+            raise ValueError(f"precision must be one of {AUTO}, {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0; got {self.threads}")
 

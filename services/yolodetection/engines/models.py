@@ -8,9 +8,15 @@ from services.yolodetection.engines.base import DeviceUnavailable, ModelFiles
 
 
 def model_for(model: ModelFiles, precision: str) -> Path:
-    from services.yolodetection.convert import ensure_onnx
-
-    fp32 = ensure_onnx(model.cfg, model.weights, model.input_size)
+    try:
+        from services.yolodetection.convert import ensure_onnx
+    except ImportError as err:
+        raise DeviceUnavailable(
+            f"the ONNX engines need the onnx package ({err}): pip install 'robomesh[onnx]'") from None
+    try:
+        fp32 = ensure_onnx(model.cfg, model.weights, model.input_size)
+    except OSError as err:  # e.g. a read-only model folder without a converted model: `make models` makes it
+        raise DeviceUnavailable(f"no usable ONNX model beside {model.weights}: {err}") from None
     if precision == "fp32":
         return fp32
     from services.yolodetection.quantize import int8_path
