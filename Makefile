@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup protos models data lint bench bench-engines fuzz clean
+.PHONY: demo test setup protos models data lint bench bench-mesh bench-engines fuzz clean
 
 demo: setup models data
 	$(PY) -m robotclient demo
@@ -37,7 +37,12 @@ data: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# What the defaults give against issue 12's yardsticks (mesh ratio, persons, faces, replay speed-up, memory).
 bench: setup models data
+	$(PY) bench/defaults_bench.py
+
+# The mesh by mode and concurrency (face, yolo, the client's own fan-out, the aggregator).
+bench-mesh: setup models data
 	$(PY) bench/mesh_bench.py
 
 bench-engines: setup models data
