@@ -5,6 +5,8 @@ write beside the model fails the *build*, not the first pod. Each check is real 
 
 - ``facedetection``: the service module imports, the default Haar cascade loads.
 - ``objectdetection``: the service module and both generated gRPC stub modules import.
+- ``yolodetection --engine auto``: the reference frames load and the start-up engine choice runs (INT8
+  checked against them), as the server would on this CPU.
 - ``yolodetection --engine E [--precision P ...]``: the model files named by ``YOLO_CFG``,
   ``YOLO_WEIGHTS``, ``YOLO_NAMES`` are readable; engine E opens them on the CPU and runs one
   forward pass per precision. For onnxruntime/openvino that goes through ``ensure_onnx``, which
@@ -77,6 +79,19 @@ def check_yolo(engine: str, precisions: list[str], read_only_models: bool) -> No
         raise RuntimeError(f"{weights.parent} is writable by uid {os.getuid()}: expected a read-only model folder")
     size = cfg_input_size(cfg)
     model = ModelFiles(cfg, weights, size)
+    if engine == "auto":
+        from services.yolodetection.engine_choice import choose_engine, load_reference
+
+        reference, why = load_reference(model)
+        if reference is None:
+            raise RuntimeError(f"--engine auto cannot check INT8: {why}")
+        started = time.perf_counter()
+        choice = choose_engine(model, EngineRequest(engine="auto", device="cpu", precision="auto"))
+        chosen = choice.engine
+        checked = choice.agreement.summary() if choice.agreement else "not checked"
+        _say(f"yolodetection: auto serves {chosen.name}:{chosen.device}:{chosen.precision} on this CPU ({checked}; "
+             f"passed over: {'; '.join(choice.skipped) or 'none'}) in {time.perf_counter() - started:.2f} s")
+        return
     for precision in precisions:
         started = time.perf_counter()
         runner = open_engine(model, EngineRequest(engine=engine, device="cpu", precision=precision))

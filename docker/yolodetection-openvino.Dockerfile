@@ -62,6 +62,9 @@ RUN /opt/tools/bin/python -m services.yolodetection.convert \
  && /opt/tools/bin/python -m services.yolodetection.quantize \
       --cfg /models/yolov3-tiny/yolov3-tiny.cfg --weights /models/yolov3-tiny/yolov3-tiny.weights \
       --clip /data/vtest.avi \
+ && /opt/tools/bin/python -m services.yolodetection.reference \
+      --cfg /models/yolov3-tiny/yolov3-tiny.cfg --weights /models/yolov3-tiny/yolov3-tiny.weights \
+      --clip /data/vtest.avi \
  && chmod 0755 /models /models/yolov3-tiny && chmod 0644 /models/yolov3-tiny/* \
  && ls -l /models/yolov3-tiny
 

@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
-# robomesh/yolodetection: Darknet YOLOv3-tiny on the CPU with OpenCV DNN (port 50055, metrics 9095).
+# robomesh/yolodetection: Darknet YOLOv3-tiny on the CPU (port 50055, metrics 9095). The engine is chosen
+# at start-up (YOLO_ENGINE=auto): ONNX Runtime INT8 where it keeps FP32 cv2.dnn's persons on the reference
+# frames on the serving CPU, else OpenCV DNN FP32 (README, Configuration).
 #
 #   docker buildx build --platform linux/amd64 -f docker/yolodetection.Dockerfile \
 #     -t registry.robodemo.lan:5000/robomesh/yolodetection:0.1.0 .        # context: the repo root
@@ -8,7 +10,8 @@
 # write access anywhere: run it with a read-only root file system.
 # Not built on the machine where it was written (no Docker engine there): tests/deploy/test_docker.py
 # checks it statically and runs the model fetch, docker/selftest.py and docker/healthcheck.py for real.
-# Expected size: about 0.6 GB (python slim ~0.13 + venv ~0.43 + model 35 MB).
+# Expected size: about 0.7 GB (python slim ~0.13 + venv ~0.47 with onnxruntime; Darknet, ONNX FP32 and
+# INT8 models 35 + 35 + 9 MB, reference frames 5 MB).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -24,6 +27,47 @@ COPY services/yolodetection/__init__.py services/yolodetection/model.py services
 RUN python -m services.yolodetection.model --dir /models/yolov3-tiny \
  && chmod 0755 /models /models/yolov3-tiny && chmod 0644 /models/yolov3-tiny/*
 
+# ---------------------------------------------------------------- data: the calibration clip
+# `apt-get download opencv-doc` (Debian's package; nothing installed) + sha256 check, hence a Debian
+# base. Only numpy and OpenCV are needed by the fetcher, so this 95 MB download is cached apart from
+# the rest of the source.
+FROM ${PYTHON_IMAGE} AS data
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/fetch \
+ && /opt/fetch/bin/pip install "numpy>=1.26" "opencv-contrib-python-headless>=4.8,<5"
+COPY robotclient/__init__.py robotclient/sampledata.py robotclient/
+RUN apt-get update \
+ && /opt/fetch/bin/python -m robotclient.sampledata --dir /data \
+ && rm -rf /var/lib/apt/lists/*
+
+# ---------------------------------------------------------------- onnx: FP32 conversion + INT8
+FROM ${PYTHON_IMAGE} AS onnx
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY protos/ protos/
+COPY services/ services/
+COPY robotclient/ robotclient/
+# [onnx]: onnx for the converter, onnxruntime for the quantizer (build stage only).
+RUN python -m venv /opt/tools && /opt/tools/bin/pip install ".[onnx]"
+COPY --from=model /models /models
+COPY --from=data /data/vtest.avi /data/vtest.avi
+WORKDIR /
+# The file name is convert.onnx_path(): <weights stem>-<W>x<H>.onnx beside the weights, what
+# ensure_onnx looks for (and accepts: same cfg/weights digest and input size in its metadata).
+RUN /opt/tools/bin/python -m services.yolodetection.convert \
+      /models/yolov3-tiny/yolov3-tiny.cfg /models/yolov3-tiny/yolov3-tiny.weights \
+      /models/yolov3-tiny/yolov3-tiny-416x416.onnx \
+ && /opt/tools/bin/python -m services.yolodetection.quantize \
+      --cfg /models/yolov3-tiny/yolov3-tiny.cfg --weights /models/yolov3-tiny/yolov3-tiny.weights \
+      --clip /data/vtest.avi \
+ && /opt/tools/bin/python -m services.yolodetection.reference \
+      --cfg /models/yolov3-tiny/yolov3-tiny.cfg --weights /models/yolov3-tiny/yolov3-tiny.weights \
+      --clip /data/vtest.avi \
+ && chmod 0755 /models /models/yolov3-tiny && chmod 0644 /models/yolov3-tiny/* \
+ && ls -l /models/yolov3-tiny
+
 # ---------------------------------------------------------------- builder: the project in a venv
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
@@ -32,10 +76,10 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY robotclient/ robotclient/
-# No extras: the opencv engine needs none (no onnx, no onnxruntime). setup.py's build_py runs
-# `python -m protos.generate`, so the gRPC stubs land in site-packages; checked there (-I: not /src).
+# [onnx]: onnxruntime for the INT8 engine, onnx for ensure_onnx's check of the cached model. setup.py's
+# build_py runs `python -m protos.generate`, so the gRPC stubs land in site-packages; checked there (-I: not /src).
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip install ".[onnx]" \
  && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime
@@ -45,7 +89,7 @@ RUN groupadd --system --gid 10001 robomesh \
       --shell /usr/sbin/nologin robomesh
 COPY --from=builder /opt/venv /opt/venv
 # Root-owned, world-readable: the runtime user reads the model and cannot change it.
-COPY --from=model /models /models
+COPY --from=onnx /models /models
 COPY docker/healthcheck.py docker/selftest.py /opt/robomesh/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -56,12 +100,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     YOLO_CFG=/models/yolov3-tiny/yolov3-tiny.cfg \
     YOLO_WEIGHTS=/models/yolov3-tiny/yolov3-tiny.weights \
     YOLO_NAMES=/models/yolov3-tiny/coco.names \
-    YOLO_ENGINE=opencv \
+    YOLO_ENGINE=auto \
+    YOLO_PRECISION=auto \
     YOLO_DEVICE=cpu \
     HEALTHCHECK_SERVICE=robomesh.detection.v1.YoloDetection
 USER 10001:10001
-# Fails the build unless the runtime user can load the model with cv2.dnn and run one forward pass.
-RUN ["/opt/venv/bin/python", "/opt/robomesh/selftest.py", "yolodetection", "--engine", "opencv", "--read-only-models"]
+# Fails the build unless the runtime user finds the reference frames and the engine choice opens (and, for
+# INT8, checks) an engine from the read-only model folder; prints which one this build host would serve.
+RUN ["/opt/venv/bin/python", "/opt/robomesh/selftest.py", "yolodetection", "--engine", "auto", "--read-only-models"]
 EXPOSE 50055 9095
 # SERVING only after the model is loaded and one warm-up inference has run: allow for it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=None, help="write each service's JSON log here")
     parser.add_argument("--yolo-device", default="cpu", help="passed to yolodetection --device")
     parser.add_argument("--yolo-args", default="", help="more yolodetection arguments, e.g. "
-                        "'--engine onnxruntime --precision int8'")
-    parser.add_argument("--face-args", default="", help="more facedetection arguments, e.g. '--min-size 48'")
+                        "'--engine opencv' (FP32 cv2.dnn instead of the automatic choice)")
+    parser.add_argument("--face-args", default="", help="more facedetection arguments, e.g. "
+                        "'--downscale 1 --scale-factor 1.1 --min-neighbors 5' (full resolution)")
     args = parser.parse_args(argv)
 
     stop = threading.Event()

@@ -21,6 +21,9 @@ DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 CASCADE_WINDOW = 24
 # libjpeg's DCT scaling: the frame can be decoded at 1/1, 1/2, 1/4 or 1/8 of its size for free.
 DOWNSCALES = (1, 2, 4, 8)
+# The downscale never leaves the decoded frame shorter than this: small frames (a 320x240 camera, a
+# thumbnail) keep the resolution their faces need, and cost little anyway (Haar's time goes with the pixels).
+MIN_DECODED_SIDE = 240
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,9 @@ class FaceParams:
     # Smallest face wanted, in pixels of the frame as sent.
     min_size: int = 30
     cascade: str = DEFAULT_CASCADE
-    # Haar runs on the frame decoded at 1/downscale: 2 is about 3x faster than 1 and found a face in 263 of
-    # the 266 Megamind.avi frames where full resolution does (docs/benchmarks.md). The window then spans
-    # 24 x downscale frame pixels: that is the smallest face found (48 px at 2; see smallest_face).
+    # Haar runs on the frame decoded at 1/downscale (frames of 480+ px on the short side at 2): 2 is about 3x
+    # faster than 1 and found a face in 262 of the 266 Megamind.avi frames where full resolution does
+    # (docs/benchmarks.md). The window then spans 24 x downscale frame pixels: the smallest face found.
     downscale: int = 2
 
     def __post_init__(self) -> None:
@@ -50,7 +53,8 @@ class FaceParams:
 
     @property
     def smallest_face(self) -> int:
-        """Smallest face found, in frame pixels: the min size, or the cascade window at the decoded scale."""
+        """Smallest face found in a downscaled frame, in frame pixels: the min size, or the cascade window at
+        the decoded scale (frames too small to downscale keep ``min_size``)."""
         return max(self.min_size, CASCADE_WINDOW * self.downscale)
 
 
@@ -86,9 +90,11 @@ class HaarFaceDetector:
         self._lock = threading.Lock()
 
     def decode_reduction(self, width: int, height: int) -> int:
-        """Decode at 1/k size: the downscale asked for, or more when the smallest wanted face still fills
-        the cascade window at 1/k (``--min-size 96``: 1/4)."""
+        """Decode at 1/k size: the downscale asked for while the frame keeps MIN_DECODED_SIDE pixels, or more
+        when the smallest wanted face still fills the cascade window at 1/k (``--min-size 96``: 1/4)."""
         k = self.params.downscale
+        while k > 1 and min(width, height) // k < MIN_DECODED_SIDE:
+            k //= 2
         for candidate in DOWNSCALES:
             if self.params.min_size >= CASCADE_WINDOW * candidate:
                 k = max(k, candidate)

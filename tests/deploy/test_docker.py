@@ -44,7 +44,7 @@ SERVICES = {
 }
 IMAGES = [*SERVICES, "robotclient"]
 YOLO_IMAGES = [name for name in SERVICES if name.startswith("yolodetection")]
-ONNX_IMAGES = ["yolodetection-cuda", "yolodetection-openvino"]
+ONNX_IMAGES = ["yolodetection", "yolodetection-cuda", "yolodetection-openvino"]
 # The pip extras of the venv that ships (stage "builder"): none, or exactly these.
 EXTRAS = {"yolodetection-cuda": "cuda", "yolodetection-openvino": "openvino"}
 SLIM = "python:3.11-slim-bookworm"
@@ -411,13 +411,14 @@ def test_yolo_model_is_fetched_at_build_time(image: str) -> None:
         p.as_posix() for p in (expected.cfg, expected.weights, expected.names))
     models_from = "onnx" if image in ONNX_IMAGES else "model"
     assert [c.rest for c in parsed.final.all("COPY") if c.flags.get("from") == models_from] == ["/models /models"]
-    engine = {"yolodetection": "opencv", "yolodetection-cuda": "onnxruntime", "yolodetection-openvino": "openvino"}
+    engine = {"yolodetection": "auto", "yolodetection-cuda": "onnxruntime", "yolodetection-openvino": "openvino"}
     assert env["YOLO_ENGINE"] == engine[image]
     if image in ONNX_IMAGES:
         onnx_runs = " ".join(r.rest for r in parsed.stage("onnx").all("RUN"))
         target = onnx_path(expected.weights, (416, 416)).as_posix()
         assert f"python -m services.yolodetection.convert {expected.cfg} {expected.weights} {target}" in onnx_runs
         assert "python -m services.yolodetection.quantize" in onnx_runs and "--clip /data/vtest.avi" in onnx_runs
+        assert "python -m services.yolodetection.reference" in onnx_runs  # what --precision auto checks INT8 on
         data_runs = " ".join(r.rest for r in parsed.stage("data").all("RUN"))
         assert "python -m robotclient.sampledata --dir /data" in data_runs
         assert parsed.stage("data").base == SLIM, "apt-get download opencv-doc needs Debian's archive"
@@ -518,7 +519,7 @@ def test_build_time_selftest_passes_here(image: str, model_paths) -> None:
     argv = _image_argv(runs[0])
     if "--engine" in argv:
         engine = argv[argv.index("--engine") + 1]
-        module = {"opencv": "cv2", "onnxruntime": "onnxruntime", "openvino": "openvino"}[engine]
+        module = {"auto": "cv2", "opencv": "cv2", "onnxruntime": "onnxruntime", "openvino": "openvino"}[engine]
         pytest.importorskip(module)
     for option in ("--providers", "--linked"):  # CUDA-only checks: not on this machine
         if option in argv:

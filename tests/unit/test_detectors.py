@@ -61,6 +61,10 @@ def test_face_downscale_sets_the_decode_and_the_smallest_face() -> None:
     assert full.decode_reduction(768, 576) == 1 and full.params.smallest_face == 30
     # A large minimum face decodes smaller still, whatever the downscale.
     assert HaarFaceDetector(FaceParams(downscale=1, min_size=96)).decode_reduction(768, 576) == 4
+    # Small frames keep their resolution: a 320x240 camera, the 548x342 messi5.jpg.
+    assert default.decode_reduction(640, 480) == 2
+    assert default.decode_reduction(548, 342) == 1 and default.decode_reduction(320, 240) == 1
+    assert HaarFaceDetector(FaceParams(downscale=4)).decode_reduction(1280, 720) == 2
 
 
 def test_downscaled_default_finds_the_faces_full_resolution_finds(data_dir: Path) -> None:
