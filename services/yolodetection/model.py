@@ -68,6 +68,26 @@ def default_clip() -> Path:
     return cache_dir().parent.parent / "data" / "vtest.avi"
 
 
+def parse_clip_tool_args(argv: list[str] | None, description: str, default_frames: tuple[int, int, int],
+                         what: str) -> tuple[argparse.Namespace, tuple[int, int, int]]:
+    """The command line of the tools that derive a file from the model and frames of a clip
+    (``quantize``, ``reference``): --cfg, --weights, --clip, --frames START:STOP:STEP, --force."""
+    defaults = default_model_paths()
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cfg", type=Path, default=defaults.cfg)
+    parser.add_argument("--weights", type=Path, default=defaults.weights)
+    parser.add_argument("--clip", type=Path, default=default_clip(), help="video (default: vtest.avi)")
+    parser.add_argument("--frames", default=":".join(map(str, default_frames)),
+                        help=f"{what} frames START:STOP:STEP (default %(default)s)")
+    parser.add_argument("--force", action="store_true", help="make it again even if it exists and is current")
+    args = parser.parse_args(argv)
+    try:
+        start, stop, step = (int(v) for v in args.frames.split(":"))
+    except ValueError:
+        parser.error(f"--frames must be START:STOP:STEP; got {args.frames!r}")
+    return args, (start, stop, step)
+
+
 def is_cached(directory: Path) -> bool:
     return all((directory / name).is_file() and sha256(directory / name) == h for name, h in CACHED_FILES.items())
 

@@ -10,7 +10,6 @@ stays in float, so boxes keep their geometry. Calibrate on frames the benchmark 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import numpy as np
 
 from services.yolodetection.convert import ensure_onnx
 from services.yolodetection.detector import cfg_input_size
-from services.yolodetection.model import default_clip, default_model_paths
+from services.yolodetection.model import parse_clip_tool_args
 
 # Calibration frames: [start, stop) every step-th frame of the clip.
 DEFAULT_FRAMES = (0, 300, 3)
@@ -111,20 +110,8 @@ def ensure_int8(cfg: Path, weights: Path, clip: Path, frames: tuple[int, int, in
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = default_model_paths()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cfg", type=Path, default=defaults.cfg)
-    parser.add_argument("--weights", type=Path, default=defaults.weights)
-    parser.add_argument("--clip", type=Path, default=default_clip(), help="calibration video (default: vtest.avi)")
-    parser.add_argument("--frames", default=":".join(map(str, DEFAULT_FRAMES)),
-                        help="calibration frames START:STOP:STEP (default %(default)s)")
-    parser.add_argument("--force", action="store_true", help="quantize again even if the INT8 model exists")
-    args = parser.parse_args(argv)
-    try:
-        start, stop, step = (int(v) for v in args.frames.split(":"))
-    except ValueError:
-        parser.error(f"--frames must be START:STOP:STEP; got {args.frames!r}")
-    print(ensure_int8(args.cfg, args.weights, args.clip, (start, stop, step), args.force))
+    args, frames = parse_clip_tool_args(argv, __doc__.splitlines()[0], DEFAULT_FRAMES, "calibration")
+    print(ensure_int8(args.cfg, args.weights, args.clip, frames, args.force))
     return 0
 
 

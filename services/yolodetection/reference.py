@@ -12,7 +12,6 @@ runs, not where the model was built.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import cv2
 import numpy as np
 
 from services.yolodetection.decode import RawBox, decode_heads
-from services.yolodetection.model import default_clip, default_model_paths, sha256
+from services.yolodetection.model import parse_clip_tool_args, sha256
 
 # Held-out frames of vtest.avi: [start, stop) every step-th (50 frames, about 190 persons).
 DEFAULT_FRAMES = (400, 800, 8)
@@ -152,21 +151,10 @@ def ensure_reference(cfg: Path, weights: Path, clip: Path, frames: tuple[int, in
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = default_model_paths()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cfg", type=Path, default=defaults.cfg)
-    parser.add_argument("--weights", type=Path, default=defaults.weights)
-    parser.add_argument("--clip", type=Path, default=default_clip(), help="video (default: vtest.avi)")
-    parser.add_argument("--frames", default=":".join(map(str, DEFAULT_FRAMES)),
-                        help="frames START:STOP:STEP (default %(default)s; keep them apart from calibration)")
-    parser.add_argument("--force", action="store_true", help="build again even if the set exists")
-    args = parser.parse_args(argv)
+    args, frames = parse_clip_tool_args(argv, __doc__.splitlines()[0], DEFAULT_FRAMES,
+                                        "held-out (keep them apart from the calibration's)")
     try:
-        start, stop, step = (int(v) for v in args.frames.split(":"))
-    except ValueError:
-        parser.error(f"--frames must be START:STOP:STEP; got {args.frames!r}")
-    try:
-        print(ensure_reference(args.cfg, args.weights, args.clip, (start, stop, step), args.force))
+        print(ensure_reference(args.cfg, args.weights, args.clip, frames, args.force))
     except (FileNotFoundError, ValueError) as err:
         print(f"reference: {err}", file=sys.stderr)
         return 2

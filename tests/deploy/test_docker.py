@@ -46,7 +46,7 @@ IMAGES = [*SERVICES, "robotclient"]
 YOLO_IMAGES = [name for name in SERVICES if name.startswith("yolodetection")]
 ONNX_IMAGES = ["yolodetection", "yolodetection-cuda", "yolodetection-openvino"]
 # The pip extras of the venv that ships (stage "builder"): none, or exactly these.
-EXTRAS = {"yolodetection-cuda": "cuda", "yolodetection-openvino": "openvino"}
+EXTRAS = {"yolodetection": "onnx", "yolodetection-cuda": "cuda", "yolodetection-openvino": "openvino"}
 SLIM = "python:3.11-slim-bookworm"
 MODEL_DIR = "/models/yolov3-tiny"
 RUNTIME_UID = "10001"
@@ -560,13 +560,14 @@ def _stage_commands(parsed: Dockerfile, stage: str, needle: str) -> list[list[st
 
 @pytest.mark.slow
 def test_dockerfile_model_commands_run_and_leave_what_the_server_reads(tmp_path: Path, data_dir: Path) -> None:
-    """The model, convert and quantize RUN lines of the OpenVINO image, with /models and /data moved here.
+    """The model, convert, quantize and reference RUN lines of the OpenVINO image, with /models and /data moved here.
 
     Then, as the server does at start: ensure_onnx must take the converted file as it is (no rewrite),
     and the INT8 model must be where the engines look for it.
     """
     pytest.importorskip("onnxruntime")
     from services.yolodetection.convert import ensure_onnx, onnx_path
+    from services.yolodetection.engine_choice import load_reference
     from services.yolodetection.engines.base import ModelFiles
     from services.yolodetection.engines.models import model_for
 
@@ -583,7 +584,7 @@ def test_dockerfile_model_commands_run_and_leave_what_the_server_reads(tmp_path:
     commands = (_stage_commands(parsed, "model", "services.yolodetection.model")
                 + _stage_commands(parsed, "onnx", "services.yolodetection."))
     assert [c[2] for c in commands] == ["services.yolodetection.model", "services.yolodetection.convert",
-                                        "services.yolodetection.quantize"]
+                                        "services.yolodetection.quantize", "services.yolodetection.reference"]
     for words in commands:
         result = subprocess.run(local(words), capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert result.returncode == 0, f"{words}: {result.stdout}{result.stderr}"
@@ -595,9 +596,11 @@ def test_dockerfile_model_commands_run_and_leave_what_the_server_reads(tmp_path:
     after = fp32.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "ensure_onnx rewrote the file"
     assert model_for(ModelFiles(cfg, weights, (416, 416)), "int8") == fp32.with_name("yolov3-tiny-416x416-int8.onnx")
+    reference, why = load_reference(ModelFiles(cfg, weights, (416, 416)))
+    assert reference is not None, why  # what --engine auto checks INT8 against at start-up
     assert sorted(p.name for p in folder.iterdir()) == [
-        "coco.names", "yolov3-tiny-416x416-int8.onnx", "yolov3-tiny-416x416.onnx", "yolov3-tiny.cfg",
-        "yolov3-tiny.weights"]
+        "coco.names", "yolov3-tiny-416x416-int8.onnx", "yolov3-tiny-416x416-reference.npz", "yolov3-tiny-416x416.onnx",
+        "yolov3-tiny.cfg", "yolov3-tiny.weights"]
 
 
 @pytest.mark.slow

@@ -150,3 +150,18 @@ def test_reference_is_rebuilt_for_another_model(model: ModelFiles, tmp_path: Pat
     rebuilt = load(ensure_reference(cfg, weights, data_dir / "vtest.avi", (400, 404, 2)))
     assert rebuilt.weights_sha256 != "0" * 64 and rebuilt.jpegs == small.jpegs
     assert path.is_file()
+
+
+def test_a_plain_install_without_onnx_packages_serves_cv2_dnn(model: ModelFiles, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """The real import paths: with onnxruntime, openvino and onnx absent (None in sys.modules makes `import`
+    fail, as on `pip install .` without extras), every engine's own message says what to install."""
+    import sys
+
+    for module in ("onnxruntime", "openvino", "onnx", "services.yolodetection.convert"):
+        monkeypatch.setitem(sys.modules, module, None)
+    choice = choose_engine(model, AUTO)
+    assert (choice.engine.name, choice.engine.precision) == ("opencv", "fp32")
+    assert [why.split(":")[0] for why in choice.skipped] == ["openvino", "onnxruntime"]
+    assert "pip install 'robomesh[openvino]'" in choice.skipped[0]
+    assert "pip install 'robomesh[onnx]'" in choice.skipped[1]
