@@ -27,8 +27,8 @@ protos: $(STAMP)
 # The Darknet files, then their ONNX conversion and its INT8 quantization (calibrated on the sample clip),
 # and the reference frames on which the server checks INT8 against FP32 cv2.dnn at start-up.
 models: setup data
-	$(PY) -m services.yolodetection.model
-	$(PY) -m services.yolodetection.quantize
+	$(PY) -m services.yolodetection.modeltools.model
+	$(PY) -m services.yolodetection.modeltools.quantize
 	$(PY) -m services.yolodetection.reference
 
 data: setup

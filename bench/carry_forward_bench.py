@@ -3,7 +3,7 @@
 
 Ground truth: the real YOLOv3-tiny detector (``services.yolodetection``, OpenCV DNN on the CPU) on
 every one of the first ``--frames`` frames of ``vtest.avi``, linked into tracks by
-``robotclient.tracker`` (smoothing off, so a track's box on a frame where it matched *is* that
+``robotclient.runtime.tracker`` (smoothing off, so a track's box on a frame where it matched *is* that
 frame's detection). The ``--targets`` person tracks detected on the most frames are the targets.
 
 A result latency of L frames means that at frame n the robot holds the detection of frame n-L.
@@ -34,11 +34,11 @@ import cv2
 import numpy as np
 
 from robotclient import sampledata
-from robotclient.carry import KINDS, VisualCarrier
-from robotclient.model import Box, Detection
-from robotclient.tracker import MultiObjectTracker, TrackerParams
-from services.yolodetection import model
+from robotclient.runtime.carry import KINDS, VisualCarrier
+from robotclient.runtime.model import Box, Detection
+from robotclient.runtime.tracker import MultiObjectTracker, TrackerParams
 from services.yolodetection.detector import YoloDetector, YoloParams
+from services.yolodetection.modeltools import model
 
 FPS = 10.0  # vtest.avi
 

@@ -57,11 +57,11 @@ from protos import detection_v1_pb2 as v1
 from robotclient import sampledata
 from services.facedetection.detector import FaceParams, HaarFaceDetector
 from services.launcher import LocalStack
-from services.yolodetection import model
 from services.yolodetection.agreement import Agreement, agreement
 from services.yolodetection.decode import RawBox
 from services.yolodetection.engine_choice import PERSON
 from services.yolodetection.engines import EngineRequest, ModelFiles, open_engine
+from services.yolodetection.modeltools import model
 from services.yolodetection.reference import detect_raw
 
 INPUT = (416, 416)

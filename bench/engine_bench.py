@@ -73,10 +73,8 @@ from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
 from robotclient import sampledata
 from services.launcher import LocalStack, ServiceProcess, free_port, wait_serving
-from services.yolodetection import model
 from services.yolodetection.agreement import MATCH_IOU, Agreement, agreement
 from services.yolodetection.decode import RawBox, decode_heads
-from services.yolodetection.detector import cfg_input_size
 from services.yolodetection.engines import (
     DEVICES,
     ENGINES,
@@ -86,6 +84,8 @@ from services.yolodetection.engines import (
     ModelFiles,
     open_engine,
 )
+from services.yolodetection.modeltools import model
+from services.yolodetection.modeltools.darknet import cfg_input_size
 
 SECTIONS = ("engines", "served", "mesh")
 REFERENCE = "opencv:cpu:fp32"
@@ -164,9 +164,9 @@ def conv_flops(cfg: Path, input_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def darknet_conv_flops(cfg: Path, input_size: tuple[int, int]) -> int | None:
-    """The same count from ``services.yolodetection.darknet``'s layer shapes, as a cross-check; None without it."""
+    """The same count from ``modeltools.darknet``'s layer shapes, as a cross-check; None without it."""
     try:
-        from services.yolodetection import darknet
+        from services.yolodetection.modeltools import darknet
 
         parsed = darknet.parse_cfg(cfg)
         shapes = darknet.layer_shapes(parsed, *input_size)
@@ -905,9 +905,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in paths.names.read_text().splitlines() if n.strip()]
     person_id = names.index("person") if "person" in names else 0
     cross = darknet_conv_flops(paths.cfg, input_size)
-    cross_note = ("not cross-checked (no services.yolodetection.darknet)" if cross is None
-                  else "same count from services.yolodetection.darknet" if cross == flops
-                  else f"WARNING: services.yolodetection.darknet's shapes give {cross / 1e9:.3f}")
+    cross_note = ("not cross-checked (no services.yolodetection.modeltools.darknet)" if cross is None
+                  else "same count from services.yolodetection.modeltools.darknet" if cross == flops
+                  else f"WARNING: services.yolodetection.modeltools.darknet's shapes give {cross / 1e9:.3f}")
     print(f"model: {paths.cfg.name} at {input_size[0]}x{input_size[1]}: {convs} convolutions, "
           f"{flops / 1e9:.3f} GFLOP per frame (2 x multiply-adds; {cross_note})")
 
@@ -920,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{args.holdout_start}")
     calibration = calibration_range()
     if calibration is None:
-        calibration_note = "unknown (no services.yolodetection.quantize.DEFAULT_FRAMES)"
+        calibration_note = "unknown (no services.yolodetection.modeltools.quantize.DEFAULT_FRAMES)"
     else:
         start, stop, step = calibration
         calibration_note = f"{start}-{stop - 1} every {step}"
@@ -989,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
 def calibration_range() -> tuple[int, int, int] | None:
     """(start, stop, step) of the INT8 calibration frames, as the quantizer declares them; None if unknown."""
     try:
-        from services.yolodetection.quantize import DEFAULT_FRAMES
+        from services.yolodetection.modeltools.quantize import DEFAULT_FRAMES
     except Exception:
         return None
     start, stop, step = DEFAULT_FRAMES

@@ -41,7 +41,7 @@ from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
 from robotclient import sampledata
 from services.launcher import LocalStack, ServiceProcess
-from services.yolodetection import model
+from services.yolodetection.modeltools import model
 
 MODES = ("face", "yolo", "direct-parallel", "aggregator")
 CALL_TIMEOUT_S = 10.0

@@ -3,7 +3,7 @@
 One run, the same frames of the sample clip for every configuration:
 
 - ``sync``: read a frame, send it, wait for the answer, repeat (the original LIQUID EDGE loop);
-- ``pipelined pace P``: :class:`robotclient.offload.OffloadClient`, 2 in flight, a send at most every
+- ``pipelined pace P``: :class:`robotclient.runtime.offload.OffloadClient`, 2 in flight, a send at most every
   P x the server's slowest-detector time (P = 0: whenever a slot is free).
 
 Each over (a) plain loopback and (b) a proxy adding ``--delay-ms`` (default 40 ms) each way.
@@ -28,11 +28,11 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robotclient import sampledata
-from robotclient.model import CapturedFrame
-from robotclient.netem import DelayProxy
-from robotclient.offload import CHANNEL_OPTIONS, OffloadClient, OffloadConfig
-from robotclient.records import percentile
-from robotclient.wire import FrameEncoder, RequestOptions, V1Protocol
+from robotclient.lab.netem import DelayProxy
+from robotclient.runtime.model import CapturedFrame
+from robotclient.runtime.offload import CHANNEL_OPTIONS, OffloadClient, OffloadConfig
+from robotclient.runtime.records import percentile
+from robotclient.runtime.wire import FrameEncoder, RequestOptions, V1Protocol
 from services.launcher import LocalStack
 
 

@@ -70,8 +70,9 @@ def _model_files() -> tuple[Path, Path, Path]:
 def check_yolo(engine: str, precisions: list[str], read_only_models: bool) -> None:
     import numpy as np
 
-    from services.yolodetection.detector import cfg_input_size, read_class_names
+    from services.yolodetection.detector import read_class_names
     from services.yolodetection.engines import EngineRequest, ModelFiles, open_engine
+    from services.yolodetection.modeltools.darknet import cfg_input_size
 
     cfg, weights, names = _model_files()
     classes = read_class_names(names)
@@ -133,7 +134,8 @@ def check_linked(objects: list[str]) -> None:
 
 
 def check_robotclient(picamera2: bool) -> None:
-    for name in ("robotclient.__main__", "robotclient.offload", "robotclient.tracker", "robotclient.drivers.safety"):
+    for name in ("robotclient.__main__", "robotclient.runtime.offload", "robotclient.runtime.tracker",
+                 "robotclient.runtime.drivers.safety"):
         importlib.import_module(name)
     if picamera2:
         module = importlib.import_module("picamera2")

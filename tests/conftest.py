@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from robotclient import sampledata
-from services.yolodetection import model
+from services.yolodetection.modeltools import model
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from services.common.cpus import available_cpus
 from services.common.detector_main import add_detector_arguments, run_detector_server
 from services.yolodetection.detector import DEFAULT_MAX_BATCH, YoloDetector, YoloParams
 from services.yolodetection.engines import AUTO, DEVICES, ENGINES, PRECISIONS, EngineRequest
-from services.yolodetection.model import default_model_paths
+from services.yolodetection.modeltools.model import default_model_paths
 
 DEFAULT_PORT = 50055
 DEFAULT_METRICS_PORT = 9095

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from services.yolodetection.batching import BatchConfig, BatcherClosed, DynamicB
 from services.yolodetection.decode import decode_heads
 from services.yolodetection.engine_choice import choose_engine, log_choice
 from services.yolodetection.engines import EngineRequest, InferenceEngine, ModelFiles
+from services.yolodetection.modeltools.darknet import cfg_input_size
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,6 @@ def read_class_names(path: Path) -> list[str]:
     if not names:
         raise ValueError(f"no class names in {path}")
     return names
-
-
-def cfg_input_size(cfg: Path) -> tuple[int, int]:
-    """(width, height) from the cfg's [net] section (Darknet cfgs repeat section names, hence strict=False)."""
-    parser = configparser.ConfigParser(strict=False, inline_comment_prefixes=("#", ";"))
-    parser.read_string(Path(cfg).read_text())
-    return int(parser["net"]["width"]), int(parser["net"]["height"])
 
 
 class YoloDetector:

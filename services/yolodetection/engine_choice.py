@@ -77,7 +77,7 @@ def check_against(reference: ReferenceSet) -> Callable[[InferenceEngine], Agreem
 
 def load_reference(model: ModelFiles) -> tuple[ReferenceSet | None, str]:
     """The reference set for this model, or None and why (missing, another model, unreadable)."""
-    from services.yolodetection.model import sha256
+    from services.yolodetection.modeltools.model import sha256
 
     path = reference_path(model.weights, model.input_size)
     if not path.is_file():

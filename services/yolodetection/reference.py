@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from services.yolodetection.decode import RawBox, decode_heads
-from services.yolodetection.model import parse_clip_tool_args, sha256
+from services.yolodetection.modeltools.model import parse_clip_tool_args, sha256
 
 # Held-out frames of vtest.avi: [start, stop) every step-th (50 frames, about 190 persons).
 DEFAULT_FRAMES = (400, 800, 8)
@@ -136,7 +136,7 @@ def build(cfg: Path, weights: Path, input_size: tuple[int, int], jpegs: Sequence
 
 def ensure_reference(cfg: Path, weights: Path, clip: Path, frames: tuple[int, int, int] = DEFAULT_FRAMES,
                      force: bool = False) -> Path:
-    from services.yolodetection.detector import cfg_input_size
+    from services.yolodetection.modeltools.darknet import cfg_input_size
 
     input_size = cfg_input_size(cfg)
     path = reference_path(weights, input_size)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from robotclient.drivers.robomaster_driver import (
+from robotclient.runtime.drivers.robomaster_driver import (
     ARMOR_SIDES,
     EFFECTS,
     SDK_CONSTANTS,
@@ -27,7 +27,7 @@ from robotclient.drivers.robomaster_driver import (
     SOUNDS,
     SdkBridge,
 )
-from robotclient.model import Side
+from robotclient.runtime.model import Side
 
 PY38 = Path(os.environ.get("ROBOMESH_PY38", "/root/.pyenv/versions/3.8.18/bin/python3.8"))
 VENV = Path.home() / ".cache" / "robomesh" / "py38-robomaster"

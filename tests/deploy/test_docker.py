@@ -269,7 +269,7 @@ def test_dockerignore_keeps_the_context_small(ignore_rules: list[tuple[bool, re.
                  "services/x.weights", ".pytest_cache/v/x", ".ruff_cache/x", "build/lib/x.py", "shared/DESIGN.md"):
         assert excluded(path, ignore_rules), f"{path} would be sent to the Docker daemon"
     for path in ("pyproject.toml", "setup.py", "README.md", "protos/detection_v1.proto", "protos/generate.py",
-                 "services/yolodetection/model.py", "robotclient/sampledata.py", "docker/healthcheck.py"):
+                 "services/yolodetection/modeltools/model.py", "robotclient/sampledata.py", "docker/healthcheck.py"):
         assert not excluded(path, ignore_rules), f"{path} is needed by the build but excluded"
 
 
@@ -399,12 +399,12 @@ def test_copy_sources_exist_and_survive_dockerignore(image: str, ignore_rules) -
 
 @pytest.mark.parametrize("image", YOLO_IMAGES)
 def test_yolo_model_is_fetched_at_build_time(image: str) -> None:
-    from services.yolodetection.convert import onnx_path
-    from services.yolodetection.model import default_model_paths
+    from services.yolodetection.modeltools.convert import onnx_path
+    from services.yolodetection.modeltools.model import default_model_paths
 
     parsed = dockerfile(image)
     model_runs = [r.rest for r in parsed.stage("model").all("RUN")]
-    assert any(f"python -m services.yolodetection.model --dir {MODEL_DIR}" in r for r in model_runs)
+    assert any(f"python -m services.yolodetection.modeltools.model --dir {MODEL_DIR}" in r for r in model_runs)
     expected = default_model_paths(Path(MODEL_DIR))
     env = parsed.final.env()
     assert (env["YOLO_CFG"], env["YOLO_WEIGHTS"], env["YOLO_NAMES"]) == tuple(
@@ -416,8 +416,9 @@ def test_yolo_model_is_fetched_at_build_time(image: str) -> None:
     if image in ONNX_IMAGES:
         onnx_runs = " ".join(r.rest for r in parsed.stage("onnx").all("RUN"))
         target = onnx_path(expected.weights, (416, 416)).as_posix()
-        assert f"python -m services.yolodetection.convert {expected.cfg} {expected.weights} {target}" in onnx_runs
-        assert "python -m services.yolodetection.quantize" in onnx_runs and "--clip /data/vtest.avi" in onnx_runs
+        tools = "python -m services.yolodetection.modeltools"
+        assert f"{tools}.convert {expected.cfg} {expected.weights} {target}" in onnx_runs
+        assert f"{tools}.quantize" in onnx_runs and "--clip /data/vtest.avi" in onnx_runs
         assert "python -m services.yolodetection.reference" in onnx_runs  # what --precision auto checks INT8 on
         data_runs = " ".join(r.rest for r in parsed.stage("data").all("RUN"))
         assert "python -m robotclient.sampledata --dir /data" in data_runs
@@ -566,10 +567,10 @@ def test_dockerfile_model_commands_run_and_leave_what_the_server_reads(tmp_path:
     and the INT8 model must be where the engines look for it.
     """
     pytest.importorskip("onnxruntime")
-    from services.yolodetection.convert import ensure_onnx, onnx_path
     from services.yolodetection.engine_choice import load_reference
     from services.yolodetection.engines.base import ModelFiles
     from services.yolodetection.engines.models import model_for
+    from services.yolodetection.modeltools.convert import ensure_onnx, onnx_path
 
     parsed = dockerfile("yolodetection-openvino")
     models, data = tmp_path / "models", data_dir
@@ -581,10 +582,11 @@ def test_dockerfile_model_commands_run_and_leave_what_the_server_reads(tmp_path:
             out.append(str(models / "yolov3-tiny") if word == MODEL_DIR else word)
         return out
 
-    commands = (_stage_commands(parsed, "model", "services.yolodetection.model")
+    commands = (_stage_commands(parsed, "model", "services.yolodetection.modeltools.model")
                 + _stage_commands(parsed, "onnx", "services.yolodetection."))
-    assert [c[2] for c in commands] == ["services.yolodetection.model", "services.yolodetection.convert",
-                                        "services.yolodetection.quantize", "services.yolodetection.reference"]
+    tools = "services.yolodetection.modeltools"
+    assert [c[2] for c in commands] == [f"{tools}.model", f"{tools}.convert", f"{tools}.quantize",
+                                        "services.yolodetection.reference"]
     for words in commands:
         result = subprocess.run(local(words), capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert result.returncode == 0, f"{words}: {result.stdout}{result.stderr}"
@@ -626,5 +628,5 @@ def test_the_build_context_builds_a_wheel_with_the_grpc_stubs(tmp_path: Path, ig
     names = set(zipfile.ZipFile(wheel).namelist())
     for stub in ("detection_pb2.py", "detection_pb2_grpc.py", "detection_v1_pb2.py", "detection_v1_pb2_grpc.py"):
         assert f"protos/{stub}" in names
-    assert "services/yolodetection/model.py" in names and "robotclient/sampledata.py" in names
+    assert "services/yolodetection/modeltools/model.py" in names and "robotclient/sampledata.py" in names
     assert not [n for n in names if n.startswith("tests/")]

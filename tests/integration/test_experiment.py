@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from robotclient import envoyconf, sampledata
+from robotclient import sampledata
 from robotclient.__main__ import main
-from robotclient.envoyproc import EnvoyProcess, envoy_binary, load_documents
-from robotclient.experiment import LoadConfig, Phase, load_frames, run_phases
-from robotclient.experiment_report import ReplyRecord, split_percent
+from robotclient.lab import envoyconf
+from robotclient.lab.envoyproc import EnvoyProcess, envoy_binary, load_documents
+from robotclient.lab.experiment import LoadConfig, Phase, load_frames, run_phases
+from robotclient.lab.experiment_report import ReplyRecord, split_percent
 from services.launcher import ServiceProcess, free_port, wait_serving
 from tests.integration.conftest import STACK_ENV, START_TIMEOUT_S
 

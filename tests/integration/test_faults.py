@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
-from robotclient import envoyconf
-from robotclient.envoyproc import EnvoyProcess, envoy_binary, load_documents
+from robotclient.lab import envoyconf
+from robotclient.lab.envoyproc import EnvoyProcess, envoy_binary, load_documents
 from services.launcher import LocalStack, ServiceProcess, wait_serving
 from tests.integration.conftest import START_TIMEOUT_S, Spawner, v1_request
 

@@ -25,10 +25,10 @@ import pytest
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
-from robotclient.model import CapturedFrame, DetectionResult
-from robotclient.netem import DelayProxy
-from robotclient.offload import Backoff, OffloadClient, OffloadConfig, bottleneck_ms
-from robotclient.wire import FrameEncoder, RequestOptions
+from robotclient.lab.netem import DelayProxy
+from robotclient.runtime.model import CapturedFrame, DetectionResult
+from robotclient.runtime.offload import Backoff, OffloadClient, OffloadConfig, bottleneck_ms
+from robotclient.runtime.wire import FrameEncoder, RequestOptions
 from services.launcher import LocalStack, free_port
 from tests.integration.conftest import ASTRONAUT_FACE, CALL_TIMEOUT_S, LOOPBACK_AS_INT, Spawner, iou
 

@@ -27,17 +27,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-from robotclient import overlay, sampledata
-from robotclient.drivers.safety import SafeRobot
-from robotclient.drivers.sim import SimulatedRobot
-from robotclient.limits import SpeedLimits
-from robotclient.model import CapturedFrame, DetectionResult
-from robotclient.offload import OffloadClient, OffloadConfig
-from robotclient.records import FIELDS, read_csv
-from robotclient.runner import RobotRun, RunOptions
-from robotclient.session import Decision, FollowSession, SessionConfig
-from robotclient.sources import FileSource
-from robotclient.statemachine import Event, State, StateTimings, Transition
+from robotclient import sampledata
+from robotclient.runtime import overlay
+from robotclient.runtime.drivers.safety import SafeRobot
+from robotclient.runtime.limits import SpeedLimits
+from robotclient.runtime.model import CapturedFrame, DetectionResult
+from robotclient.runtime.offload import OffloadClient, OffloadConfig
+from robotclient.runtime.records import FIELDS, read_csv
+from robotclient.runtime.runner import RobotRun, RunOptions
+from robotclient.runtime.session import Decision, FollowSession, SessionConfig
+from robotclient.runtime.sources import FileSource
+from robotclient.runtime.statemachine import Event, State, StateTimings, Transition
+from robotclient.sim.robot import SimulatedRobot
 from services.launcher import LocalStack, wait_serving
 from tests.integration.conftest import START_TIMEOUT_S, Spawner
 from tests.integration.test_metrics import scrape, value

@@ -22,9 +22,9 @@ import pytest
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
-from robotclient.model import CapturedFrame
-from robotclient.offload import OffloadClient, OffloadConfig
-from robotclient.tls import ClientTls as RobotTls
+from robotclient.runtime.model import CapturedFrame
+from robotclient.runtime.offload import OffloadClient, OffloadConfig
+from robotclient.runtime.tls import ClientTls as RobotTls
 from services.launcher import ServiceProcess, wait_serving
 from tests.integration.conftest import (
     ASTRONAUT_FACE,

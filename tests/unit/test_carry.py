@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robotclient.carry import KINDS, VisualCarrier
-from robotclient.model import Box, Detection
-from robotclient.tracker import MultiObjectTracker, TargetSelector, TrackerParams
+from robotclient.runtime.carry import KINDS, VisualCarrier
+from robotclient.runtime.model import Box, Detection
+from robotclient.runtime.tracker import MultiObjectTracker, TargetSelector, TrackerParams
 from services.yolodetection.detector import YoloDetector, YoloParams
-from services.yolodetection.model import ModelPaths
+from services.yolodetection.modeltools.model import ModelPaths
 from tests.conftest import read_frames
 
 START = 600  # people walk close to the camera here (40-70 px tall); the clip has 795 frames

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from robotclient.controller import ControlParams, FollowController
-from robotclient.limits import SpeedLimits
-from robotclient.model import STOP, Command, Side
-from robotclient.statemachine import State, TargetView
+from robotclient.runtime.controller import ControlParams, FollowController
+from robotclient.runtime.limits import SpeedLimits
+from robotclient.runtime.model import STOP, Command, Side
+from robotclient.runtime.statemachine import State, TargetView
 
 LIMITS = SpeedLimits()
 NO_RAMP = ControlParams(max_accel=math.inf)

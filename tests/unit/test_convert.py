@@ -13,9 +13,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from services.yolodetection import convert, darknet
 from services.yolodetection.decode import decode_heads
-from services.yolodetection.model import ModelPaths
+from services.yolodetection.modeltools import convert, darknet
+from services.yolodetection.modeltools.model import ModelPaths
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = (416, 416)
@@ -421,7 +421,7 @@ def test_the_cli_writes_a_model_the_checker_accepts(synthetic: tuple[Path, Path]
     cfg_path, weights_path = synthetic
     out = tmp_path / "cli.onnx"
     result = subprocess.run(
-        [sys.executable, "-m", "services.yolodetection.convert", str(cfg_path), str(weights_path), str(out),
+        [sys.executable, "-m", "services.yolodetection.modeltools.convert", str(cfg_path), str(weights_path), str(out),
          "--input-size", "96", "--batch", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )

@@ -12,7 +12,7 @@ from services.facedetection.detector import FaceParams, HaarFaceDetector, level_
 from services.yolodetection.detector import YoloDetector, YoloParams
 from services.yolodetection.engines import DeviceUnavailable, EngineRequest
 from services.yolodetection.engines.opencv_engine import cuda_device_count
-from services.yolodetection.model import ModelPaths
+from services.yolodetection.modeltools.model import ModelPaths
 from tests.conftest import iou, read_frames
 
 

@@ -11,8 +11,8 @@ import pytest
 from services.yolodetection.decode import RawBox
 from services.yolodetection.engine_choice import PERSON, candidates, check_against, choose_engine, log_choice
 from services.yolodetection.engines import DeviceUnavailable, EngineRequest, ModelFiles, open_engine
-from services.yolodetection.model import ModelPaths
-from services.yolodetection.quantize import DEFAULT_FRAMES, ensure_int8
+from services.yolodetection.modeltools.model import ModelPaths
+from services.yolodetection.modeltools.quantize import DEFAULT_FRAMES, ensure_int8
 from services.yolodetection.reference import (
     DEFAULT_FRAMES as REFERENCE_FRAMES,
 )
@@ -158,7 +158,7 @@ def test_a_plain_install_without_onnx_packages_serves_cv2_dnn(model: ModelFiles,
     fail, as on `pip install .` without extras), every engine's own message says what to install."""
     import sys
 
-    for module in ("onnxruntime", "openvino", "onnx", "services.yolodetection.convert"):
+    for module in ("onnxruntime", "openvino", "onnx", "services.yolodetection.modeltools.convert"):
         monkeypatch.setitem(sys.modules, module, None)
     choice = choose_engine(model, AUTO)
     assert (choice.engine.name, choice.engine.precision) == ("opencv", "fp32")

@@ -9,8 +9,8 @@ import pytest
 
 from services.yolodetection.decode import RawBox, decode_heads
 from services.yolodetection.engines import DeviceUnavailable, EngineRequest, ModelFiles, open_engine
-from services.yolodetection.model import ModelPaths
-from services.yolodetection.quantize import DEFAULT_FRAMES, ensure_int8
+from services.yolodetection.modeltools.model import ModelPaths
+from services.yolodetection.modeltools.quantize import DEFAULT_FRAMES, ensure_int8
 from tests.conftest import iou, read_frames
 
 INPUT = (416, 416)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from robotclient import envoyconf as ec
-from robotclient.envoyproc import envoy_binary, load_documents, validate
+from robotclient.lab import envoyconf as ec
+from robotclient.lab.envoyproc import envoy_binary, load_documents, validate
 
 ISTIO = Path(__file__).resolve().parents[2] / "istio"
 HOST = "yolodetection.robodemo.svc.cluster.local"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from robotclient.experiment import Phase, configured_split, parse_schedule, served_fields
-from robotclient.experiment_report import (
+from robotclient.lab.experiment import Phase, configured_split, parse_schedule, served_fields
+from robotclient.lab.experiment_report import (
     PhaseSpan,
     ReplyRecord,
     group_summary,
@@ -19,7 +19,7 @@ from robotclient.experiment_report import (
     summarize,
     windows,
 )
-from robotclient.records import percentile
+from robotclient.runtime.records import percentile
 
 
 def rec(t: float, version: str, rtt: float = 10.0, code: str = "OK", phase: str = "a", robot: str = "1",

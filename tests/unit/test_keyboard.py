@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from robotclient.keyboard import KeyReader
+from robotclient.runtime.keyboard import KeyReader
 
 
 @pytest.fixture()

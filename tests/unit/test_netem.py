@@ -1,4 +1,4 @@
-"""DelayProxy (robotclient.netem) over a real TCP echo server and a real gRPC server on loopback."""
+"""DelayProxy (robotclient.lab.netem) over a real TCP echo server and a real gRPC server on loopback."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
-from robotclient.netem import DelayProxy
+from robotclient.lab.netem import DelayProxy
 
 DELAY_S = 0.05
 MARGIN_S = 0.08  # scheduling on a loaded 2-core machine; far below another round trip of delay

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from robotclient import overlay
-from robotclient.model import Box, Command, Detection, ServedBy
+from robotclient.runtime import overlay
+from robotclient.runtime.model import Box, Command, Detection, ServedBy
 
 
 @dataclass

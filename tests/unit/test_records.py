@@ -1,4 +1,4 @@
-"""Per-frame records, the run summary and the CSV log (robotclient.records)."""
+"""Per-frame records, the run summary and the CSV log (robotclient.runtime.records)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from robotclient.records import FIELDS, CsvLog, FrameRecord, percentile, read_csv, summarize
+from robotclient.runtime.records import FIELDS, CsvLog, FrameRecord, percentile, read_csv, summarize
 
 
 def record(frame: int, capture_s: float, state: str = "search", *, rtt_ms: float | None = None,

@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 
 from robotclient.__main__ import build_parser
-from robotclient.drivers import RobotUnavailable, SafeRobot
-from robotclient.drivers.base import edge_color, visible_color
-from robotclient.drivers.robomaster_driver import (
+from robotclient.runtime.drivers import RobotUnavailable, SafeRobot
+from robotclient.runtime.drivers.base import edge_color, visible_color
+from robotclient.runtime.drivers.robomaster_driver import (
     BRIDGE_SCRIPT,
     SDK_CONSTANTS,
     BridgeError,
     RoboMasterRobot,
     SdkBridge,
 )
-from robotclient.model import Command, HitEvent, Side
+from robotclient.runtime.model import Command, HitEvent, Side
 
 REPO = Path(__file__).resolve().parents[2]
 PY38 = Path(os.environ.get("ROBOMESH_PY38", "/root/.pyenv/versions/3.8.18/bin/python3.8"))
@@ -199,7 +199,7 @@ def pid_gone(pid: int) -> bool:
 def test_driver_runs_through_the_bridge_end_to_end(
     fake_log: Path, python: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="robotclient.drivers.robomaster_driver")
+    caplog.set_level(logging.WARNING, logger="robotclient.runtime.drivers.robomaster_driver")
     robot = RoboMasterRobot("ap", sdk_python=python, drive_timeout=0.4, telemetry_freq=10, clock=lambda: 7.0)
     bridge = robot.bridge
     assert bridge is not None and bridge.info["sdk"] == "0.0.0-fake"
@@ -275,8 +275,8 @@ def test_bridge_stops_the_robot_when_the_client_process_is_killed(fake_log: Path
         """
         import sys, time
         sys.modules["robomaster"] = None  # the fake is on PYTHONPATH: force the bridge
-        from robotclient.drivers.robomaster_driver import RoboMasterRobot
-        from robotclient.model import Command
+        from robotclient.runtime.drivers.robomaster_driver import RoboMasterRobot
+        from robotclient.runtime.model import Command
         robot = RoboMasterRobot(sdk_python=sys.executable)
         robot.drive(Command(x=0.3))
         print(robot.bridge.process.pid, flush=True)

@@ -7,9 +7,9 @@ import pytest
 from protos import detection_pb2 as legacy
 from protos import detection_v1_pb2 as v1
 from robotclient.__main__ import build_parser, offload_config
-from robotclient.model import CapturedFrame
-from robotclient.offload import OffloadConfig
-from robotclient.wire import DIALECTS, EncodedFrame
+from robotclient.runtime.model import CapturedFrame
+from robotclient.runtime.offload import OffloadConfig
+from robotclient.runtime.wire import DIALECTS, EncodedFrame
 
 COMMANDS = ("replay", "run", "sim")
 ENCODED = EncodedFrame(jpeg=b"\xff\xd8not-really-a-jpeg\xff\xd9", scale_x=1.0, scale_y=1.0)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from robotclient.liveview import BOUNDARY, LiveView
+from robotclient.runtime.liveview import BOUNDARY, LiveView
 
 
 class FakeClock:

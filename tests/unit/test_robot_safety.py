@@ -22,16 +22,16 @@ import cv2
 import numpy as np
 import pytest
 
-from robotclient.controller import ControlParams
-from robotclient.drivers.safety import SafeRobot
-from robotclient.drivers.sim import SimulatedRobot
-from robotclient.limits import SpeedLimits
-from robotclient.model import Box, CapturedFrame, Command, Detection, DetectionResult, Side
-from robotclient.offload import OffloadStats
-from robotclient.runner import MANUAL_KEYS, RobotRun, RunOptions
-from robotclient.session import Decision, FollowSession, SessionConfig
-from robotclient.statemachine import State, StateTimings
-from robotclient.tracker import TrackerParams
+from robotclient.runtime.controller import ControlParams
+from robotclient.runtime.drivers.safety import SafeRobot
+from robotclient.runtime.limits import SpeedLimits
+from robotclient.runtime.model import Box, CapturedFrame, Command, Detection, DetectionResult, Side
+from robotclient.runtime.offload import OffloadStats
+from robotclient.runtime.runner import MANUAL_KEYS, RobotRun, RunOptions
+from robotclient.runtime.session import Decision, FollowSession, SessionConfig
+from robotclient.runtime.statemachine import State, StateTimings
+from robotclient.runtime.tracker import TrackerParams
+from robotclient.sim.robot import SimulatedRobot
 
 T0 = 100.0
 DT = 0.125

@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from robotclient.model import Box, CapturedFrame, Detection, DetectionResult, HitEvent, Side
-from robotclient.session import FollowSession, SessionConfig, target_view
-from robotclient.statemachine import State, StateTimings
-from robotclient.tracker import Track
+from robotclient.runtime.model import Box, CapturedFrame, Detection, DetectionResult, HitEvent, Side
+from robotclient.runtime.session import FollowSession, SessionConfig, target_view
+from robotclient.runtime.statemachine import State, StateTimings
+from robotclient.runtime.tracker import Track
 from tests.conftest import read_frames
 
 WIDTH, HEIGHT = 640, 480

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robotclient.model import Box, Pose
-from robotclient.simworld import (
+from robotclient.runtime.model import Box, Pose
+from robotclient.sim.world import (
     CameraModel,
     PersonPath,
     PersonSprite,
@@ -19,7 +19,7 @@ from robotclient.simworld import (
     procedural_floor,
 )
 from services.yolodetection.detector import YoloDetector, YoloParams
-from services.yolodetection.model import ModelPaths
+from services.yolodetection.modeltools.model import ModelPaths
 
 CAMERA = CameraModel()
 SPRITE_COLOUR = (20, 40, 230)

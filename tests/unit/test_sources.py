@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from robotclient.model import CapturedFrame
-from robotclient.sources import (
+from robotclient.runtime.model import CapturedFrame
+from robotclient.runtime.sources import (
     PICAMERA2_HINT,
     FileSource,
     FrameSource,

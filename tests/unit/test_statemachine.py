@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from robotclient.model import HitEvent, Side
-from robotclient.statemachine import (
+from robotclient.runtime.model import HitEvent, Side
+from robotclient.runtime.statemachine import (
     TRANSITIONS,
     Event,
     FollowStateMachine,

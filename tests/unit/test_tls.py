@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from robotclient import tls as robot_tls
+from robotclient.runtime import tls as robot_tls
 from services.common import tls
 from services.common.config import ServerConfig, add_server_arguments
 from tests.tlscerts import Pki, make_pki

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from robotclient.model import Box, Detection
-from robotclient.tracker import MultiObjectTracker, TargetSelector, Track, TrackerParams
+from robotclient.runtime.model import Box, Detection
+from robotclient.runtime.tracker import MultiObjectTracker, TargetSelector, Track, TrackerParams
 from services.yolodetection.detector import YoloDetector, YoloParams
-from services.yolodetection.model import ModelPaths
+from services.yolodetection.modeltools.model import ModelPaths
 from tests.conftest import read_frames
 
 DT = 0.1  # 10 fps, like vtest.avi

@@ -1,4 +1,4 @@
-"""Frames to requests and replies to detections (robotclient.wire), and the pace estimate of the offload client."""
+"""Frames to requests and replies to detections (runtime.wire), and the pace estimate of the offload client."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from protos import detection_pb2 as legacy
 from protos import detection_v1_pb2 as v1
-from robotclient.model import Box, CapturedFrame, Detection, ServedBy
-from robotclient.offload import bottleneck_ms
-from robotclient.wire import (
+from robotclient.runtime.model import Box, CapturedFrame, Detection, ServedBy
+from robotclient.runtime.offload import bottleneck_ms
+from robotclient.runtime.wire import (
     DIALECTS,
     EncodedFrame,
     FrameEncoder,

@@ -9,7 +9,7 @@ from services.yolodetection.engines.base import DeviceUnavailable, ModelFiles
 
 def model_for(model: ModelFiles, precision: str) -> Path:
     try:
-        from services.yolodetection.convert import ensure_onnx
+        from services.yolodetection.modeltools.convert import ensure_onnx
     except ImportError as err:
         raise DeviceUnavailable(
             f"the ONNX engines need the onnx package ({err}): pip install 'robomesh[onnx]'") from None
@@ -19,12 +19,12 @@ def model_for(model: ModelFiles, precision: str) -> Path:
         raise DeviceUnavailable(f"no usable ONNX model beside {model.weights}: {err}") from None
     if precision == "fp32":
         return fp32
-    from services.yolodetection.quantize import int8_path
+    from services.yolodetection.modeltools.quantize import int8_path
 
     int8 = int8_path(fp32)
     if not int8.is_file():
         raise DeviceUnavailable(
             f"--precision int8: no calibrated INT8 model at {int8}; build it once with "
-            "`python -m services.yolodetection.quantize` (make models does) from real frames"
+            "`python -m services.yolodetection.modeltools.quantize` (make models does) from real frames"
         )
     return int8

@@ -1,7 +1,7 @@
 """YOLO on ONNX Runtime: CPU, CUDA (``onnxruntime-gpu``) or Intel devices (OpenVINO execution provider).
 
-Runs the ONNX model converted from the Darknet files (``services.yolodetection.convert``), FP32 or
-its INT8 quantization (``services.yolodetection.quantize``). ONNX Runtime silently falls back to the
+Runs the ONNX model converted from the Darknet files (``services.yolodetection.modeltools.convert``), FP32 or
+its INT8 quantization (``services.yolodetection.modeltools.quantize``). ONNX Runtime silently falls back to the
 CPU when a provider cannot start (e.g. missing CUDA libraries), so the provider really used is read
 back from the session and a requested device that did not start is refused, as with any engine.
 
