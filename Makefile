@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup protos models data lint bench bench-mesh bench-engines fuzz clean
+.PHONY: demo test setup protos models data lint bench bench-mesh bench-engines fuzz robot-pi clean
 
 demo: setup models data
 	$(PY) -m robotclient demo
@@ -18,7 +18,7 @@ setup: $(STAMP) protos
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onnx,openvino]'
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 protos: $(STAMP)
@@ -52,6 +52,11 @@ bench-engines: setup models data
 FUZZ_CASES ?= 10000
 fuzz: setup models data
 	$(PY) bench/fuzz_bench.py --cases $(FUZZ_CASES)
+
+# On the Raspberry Pi (bookworm 64-bit), not here: apt's picamera2, the client in .venv-robot, the RoboMaster SDK
+# under Python 3.8 in .venv-sdk (robotclient/pi/setup_pi.sh; PI_FLAGS=--dry-run prints what it would run).
+robot-pi:
+	bash robotclient/pi/setup_pi.sh $(PI_FLAGS)
 
 clean:
 	rm -rf $(VENV) protos/*_pb2.py protos/*_pb2.pyi protos/*_pb2_grpc.py

@@ -60,7 +60,7 @@ def detect_all(frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], flo
     results: list[list[Detection]] = []
     t0 = time.perf_counter()
     for frame in frames:
-        found = detector.detect(frame, 1.0, {})
+        found = detector.detect(frame, 1.0).found
         results.append([Detection(f.class_name, f.confidence, Box(f.x, f.y, f.w, f.h), "yolo") for f in found])
     return results, (time.perf_counter() - t0) * 1000.0 / max(len(frames), 1)
 

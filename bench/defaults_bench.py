@@ -54,6 +54,7 @@ from mesh_bench import (
 )
 
 from protos import detection_v1_pb2 as v1
+from protos import timings as stage
 from robotclient import sampledata
 from services.facedetection.detector import FaceParams, HaarFaceDetector
 from services.launcher import LocalStack
@@ -148,7 +149,7 @@ def run_mesh(clients: Clients, jpegs: Sequence[bytes], bare: object, rounds: int
         served[number] = [RawBox(PERSON, d.confidence, d.box.x, d.box.y, d.box.width, d.box.height)
                           for d in reply.detections if d.class_name == "person"]
         devices.update(s.served_by.device for s in reply.detector_status if s.engine == v1.ENGINE_YOLO)
-        return Sample(latency_ms, len(served[number]), {"server": reply.timings_ms["total"]})
+        return Sample(latency_ms, len(served[number]), {"server": reply.timings_ms[stage.TOTAL]})
 
     blobs = [cv2.dnn.blobFromImage(decode(j), 1 / 255.0, INPUT, swapRB=True, crop=False) for j in jpegs]
     infer = bare.infer  # type: ignore[attr-defined]
@@ -222,7 +223,7 @@ class FaceResult:
 
 def run_faces(clients: Clients, jpegs: Sequence[bytes]) -> FaceResult:
     full = HaarFaceDetector(FaceParams(downscale=1, scale_factor=1.1, min_neighbors=5, min_size=30))
-    reference = [bool(full.detect(decode(j), 1.0, {})) for j in jpegs]
+    reference = [bool(full.detect(decode(j), 1.0).found) for j in jpegs]
     found, latencies = [], []
     for number, jpeg in enumerate(jpegs):
         started = time.perf_counter()

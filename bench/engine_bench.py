@@ -71,6 +71,7 @@ from mesh_bench import (
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
+from protos import timings as stage
 from robotclient import sampledata
 from services.launcher import LocalStack, ServiceProcess, free_port, wait_serving
 from services.yolodetection.agreement import MATCH_IOU, Agreement, agreement
@@ -555,7 +556,7 @@ class Sender:
         latency_ms = (time.perf_counter() - started) * 1000.0
         with self._lock:
             self.devices[reply.served_by.device] += 1
-        return Sample(latency_ms, persons(reply), {**reply.timings_ms, "server": reply.timings_ms["total"]})
+        return Sample(latency_ms, persons(reply), {**reply.timings_ms, "server": reply.timings_ms[stage.TOTAL]})
 
     def aggregator(self, number: int, jpeg: bytes) -> Sample:
         stub = v1_grpc.ObjectDetectionStub(self.channel)
@@ -566,7 +567,7 @@ class Sender:
             for status in reply.detector_status:
                 self.devices[f"{v1.Engine.Name(status.engine)}={status.served_by.device}"] += 1
         partial = any(s.code != 0 for s in reply.detector_status) or len(reply.detector_status) < 2
-        return Sample(latency_ms, persons(reply), {**reply.timings_ms, "server": reply.timings_ms["total"]},
+        return Sample(latency_ms, persons(reply), {**reply.timings_ms, "server": reply.timings_ms[stage.TOTAL]},
                       partial=partial)
 
     def close(self) -> None:
@@ -673,8 +674,8 @@ def print_served(results: Sequence[ServedResult]) -> None:
         for s in r.summaries:
             st = s.stages_ms
             rows.append([r.key, r.batching, str(s.concurrency), fmt(s.p50_ms), fmt(s.p95_ms), fmt(s.fps, 2),
-                         fmt(s.persons_per_frame, 2), str(s.errors), fmt(st.get("wait")), fmt(st.get("dnn")),
-                         fmt(st.get("batch")), ",".join(r.served_by)])
+                         fmt(s.persons_per_frame, 2), str(s.errors), fmt(st.get(stage.WAIT)), fmt(st.get(stage.DNN)),
+                         fmt(st.get(stage.BATCH)), ",".join(r.served_by)])
     table(["engine:device:precision", "batching", "conc", "p50 ms", "p95 ms", "frames/s", "persons/f", "errors",
            "wait", "dnn", "batch", "served_by.device"], rows)
     print("  wait: ms queued before the engine (behind other frames or a forming batch); dnn: the engine's call "

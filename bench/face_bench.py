@@ -28,7 +28,7 @@ VARIANTS = "1:1.1:5,2:1.1:5,2:1.15:4,2:1.2:4,2:1.2:3,2:1.3:3"
 def boxes(detector: HaarFaceDetector, jpeg: bytes) -> list[tuple[int, int, int, int]]:
     info = probe_jpeg(jpeg)
     reduce = detector.decode_reduction(info.width, info.height)
-    return [(f.x, f.y, f.w, f.h) for f in detector.detect(decode_jpeg(jpeg, info, reduce), float(reduce), {})]
+    return [(f.x, f.y, f.w, f.h) for f in detector.detect(decode_jpeg(jpeg, info, reduce), float(reduce)).found]
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:

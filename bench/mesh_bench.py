@@ -39,6 +39,7 @@ import numpy as np
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
+from protos import timings as stage
 from robotclient import sampledata
 from services.launcher import LocalStack, ServiceProcess
 from services.yolodetection.modeltools import model
@@ -50,14 +51,14 @@ MB = 1_000_000
 
 # Stage columns of the CPU table: (header, key in Sample.timings).
 STAGES = (
-    ("f.decode", "face.decode"),
-    ("f.wait", "face.wait"),
-    ("haar", "face.haar"),
-    ("y.decode", "yolo.decode"),
-    ("preproc", "yolo.preprocess"),
-    ("y.wait", "yolo.wait"),
-    ("dnn", "yolo.dnn"),
-    ("postproc", "yolo.postprocess"),
+    ("f.decode", stage.detector_key(stage.FACE, stage.DECODE)),
+    ("f.wait", stage.detector_key(stage.FACE, stage.WAIT)),
+    ("haar", stage.detector_key(stage.FACE, stage.HAAR)),
+    ("y.decode", stage.detector_key(stage.YOLO, stage.DECODE)),
+    ("preproc", stage.detector_key(stage.YOLO, stage.PREPROCESS)),
+    ("y.wait", stage.detector_key(stage.YOLO, stage.WAIT)),
+    ("dnn", stage.detector_key(stage.YOLO, stage.DNN)),
+    ("postproc", stage.detector_key(stage.YOLO, stage.POSTPROCESS)),
     ("server", "server"),
     ("agg.ovh", "aggregator.overhead"),
     ("wire", "wire"),
@@ -111,10 +112,6 @@ def persons(reply: v1.DetectResponse) -> int:
     return sum(1 for d in reply.detections if d.class_name == "person")
 
 
-def prefixed(prefix: str, timings: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}.{stage}": ms for stage, ms in timings.items()}
-
-
 def request(number: int, jpeg: bytes, engines: Sequence[int] = ()) -> v1.DetectRequest:
     return v1.DetectRequest(frame=v1.Frame(number=number, capture_timestamp_us=time.time_ns() // 1000, jpeg=jpeg),
                             engines=list(engines))
@@ -140,14 +137,14 @@ class Clients:
         started = time.perf_counter()
         reply = self.face_detect(request(number, jpeg, [v1.ENGINE_FACE]), timeout=CALL_TIMEOUT_S)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        timings = {**prefixed("face", reply.timings_ms), "server": reply.timings_ms["total"]}
+        timings = {**stage.prefixed(stage.FACE, reply.timings_ms), "server": reply.timings_ms[stage.TOTAL]}
         return Sample(latency_ms, persons(reply), timings)
 
     def yolo(self, number: int, jpeg: bytes) -> Sample:
         started = time.perf_counter()
         reply = self.yolo_detect(request(number, jpeg, [v1.ENGINE_YOLO]), timeout=CALL_TIMEOUT_S)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        timings = {**prefixed("yolo", reply.timings_ms), "server": reply.timings_ms["total"]}
+        timings = {**stage.prefixed(stage.YOLO, reply.timings_ms), "server": reply.timings_ms[stage.TOTAL]}
         return Sample(latency_ms, persons(reply), timings)
 
     def direct_parallel(self, number: int, jpeg: bytes) -> Sample:
@@ -157,8 +154,9 @@ class Clients:
         yolo_future = self.yolo_detect.future(request(number, jpeg, [v1.ENGINE_YOLO]), timeout=CALL_TIMEOUT_S)
         face_reply, yolo_reply = face_future.result(), yolo_future.result()
         latency_ms = (time.perf_counter() - started) * 1000.0
-        server_ms = max(face_reply.timings_ms["total"], yolo_reply.timings_ms["total"])
-        timings = {**prefixed("face", face_reply.timings_ms), **prefixed("yolo", yolo_reply.timings_ms),
+        server_ms = max(face_reply.timings_ms[stage.TOTAL], yolo_reply.timings_ms[stage.TOTAL])
+        timings = {**stage.prefixed(stage.FACE, face_reply.timings_ms),
+                   **stage.prefixed(stage.YOLO, yolo_reply.timings_ms),
                    "server": server_ms}
         return Sample(latency_ms, persons(face_reply) + persons(yolo_reply), timings)
 
@@ -167,8 +165,8 @@ class Clients:
         reply = self.aggregator_detect(request(number, jpeg), timeout=CALL_TIMEOUT_S)
         latency_ms = (time.perf_counter() - started) * 1000.0
         t = dict(reply.timings_ms)
-        timings = {**t, "server": t["total"],
-                   "aggregator.overhead": t["total"] - max(t.get("face", 0.0), t.get("yolo", 0.0))}
+        timings = {**t, "server": t[stage.TOTAL],
+                   "aggregator.overhead": t[stage.TOTAL] - max(t.get(stage.FACE, 0.0), t.get(stage.YOLO, 0.0))}
         partial = any(s.code != 0 for s in reply.detector_status) or len(reply.detector_status) < 2
         return Sample(latency_ms, persons(reply), timings, partial=partial)
 

@@ -27,6 +27,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from protos import timings as stage
 from robotclient import sampledata
 from robotclient.lab.netem import DelayProxy
 from robotclient.runtime.model import CapturedFrame
@@ -53,7 +54,7 @@ def run_sync(target: str, images: list, encoder: FrameEncoder) -> tuple[float, l
                 failures += 1
                 continue
             ages.append((time.monotonic() - frame.captured_at) * 1000.0)
-            server.append(dialect.reply(response, encoded).timings_ms.get("total", math.nan))
+            server.append(dialect.reply(response, encoded).timings_ms.get(stage.TOTAL, math.nan))
         wall = time.monotonic() - started
     return wall, ages, server, failures
 
@@ -74,7 +75,7 @@ def run_pipelined(
         results += client.take_results()
         wall = time.monotonic() - started
         failures = sum(client.stats().failed.values()) + client.stats().expired
-    server = [r.timings_ms.get("total", math.nan) for r in results]
+    server = [r.timings_ms.get(stage.TOTAL, math.nan) for r in results]
     return wall, [r.age_ms for r in results], server, failures
 
 

@@ -21,11 +21,12 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY robotclient/ robotclient/
-# A regular (not editable) install with no extras: setup.py's build_py runs `python -m protos.generate`
+# A regular (not editable) install of the [serving] extra (health, reflection, metrics; no ONNX: this
+# service does not need it): setup.py's build_py runs `python -m protos.generate`
 # (grpcio-tools is a build requirement, present only in pip's isolated build environment), so the
 # gRPC stubs land in site-packages; the check imports them from there (-I: not from /src).
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip install ".[serving]" \
  && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime

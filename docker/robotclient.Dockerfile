@@ -56,9 +56,9 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY robotclient/ robotclient/
-# No extras (no [experiment]: matplotlib is for the experiment plots, not for the robot).
+# The [robot] extra only: no services, no lab (pyyaml, Envoy); selftest runs every subcommand's --help.
 RUN python3 -m venv --system-site-packages /opt/venv \
- && /opt/venv/bin/pip install . "numpy<2" \
+ && /opt/venv/bin/pip install ".[robot]" "numpy<2" \
  && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime

@@ -18,7 +18,8 @@ write beside the model fails the *build*, not the first pod. Each check is real 
 - ``--linked PKG/REL.so ...``: ``ldd`` finds every library a shared object of an installed package
   needs (the CUDA image: ONNX Runtime's CUDA provider against the base image's CUDA and cuDNN,
   checkable without a GPU; ``libcuda.so.1`` comes from the driver at run time and is not required).
-- ``robotclient [--picamera2]``: the client imports (and picamera2 from the system packages).
+- ``robotclient [--picamera2]``: the client imports, ``robotclient --help`` and every subcommand's ``--help``
+  run (each a process of its own), and picamera2 imports from the system packages.
 
 Also run by tests/deploy/test_docker.py against this checkout's virtualenv.
 """
@@ -133,10 +134,35 @@ def check_linked(objects: list[str]) -> None:
         _say(f"{path.name}: every needed library found")
 
 
+def robotclient_commands() -> list[str]:
+    """The subcommands the real parser offers (what `robotclient --help` lists)."""
+    import argparse
+
+    from robotclient.__main__ import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(sub.choices)
+
+
 def check_robotclient(picamera2: bool) -> None:
+    import subprocess
+
     for name in ("robotclient.__main__", "robotclient.runtime.offload", "robotclient.runtime.tracker",
                  "robotclient.runtime.drivers.safety"):
         importlib.import_module(name)
+    # The real CLI, as a user runs it: `robotclient --help` and every subcommand's --help, each in a
+    # process of its own (a subcommand whose parser imports what this image lacks fails here).
+    commands = robotclient_commands()
+    for argv in ([], *([command] for command in commands)):
+        done = subprocess.run([sys.executable, "-m", "robotclient", *argv, "--help"], capture_output=True,
+                              text=True, timeout=120)
+        usage = " ".join(["usage: robotclient", *argv])
+        if done.returncode != 0 or not done.stdout.startswith(usage):
+            raise RuntimeError(f"robotclient {' '.join([*argv, '--help'])} exited {done.returncode}: "
+                               f"{(done.stderr or done.stdout).strip()[-800:]}")
+        if not argv and not all(command in done.stdout for command in commands):
+            raise RuntimeError(f"robotclient --help does not list all of {commands}")
+    _say(f"robotclient --help and {len(commands)} subcommands' --help: {', '.join(commands)}")
     if picamera2:
         module = importlib.import_module("picamera2")
         _say(f"picamera2 from {Path(module.__file__).parent}")

@@ -86,8 +86,8 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY robotclient/ robotclient/
-# [cuda]: onnx + onnxruntime-gpu (never beside the CPU onnxruntime: both provide the module), pinned
-# to the release that matches the CUDA base above.
+# [cuda]: [serving] + onnx + onnxruntime-gpu (never beside the CPU onnxruntime: both provide the module),
+# pinned to the release that matches the CUDA base above.
 RUN python3.12 -m venv /opt/venv \
  && /opt/venv/bin/pip install ".[cuda]" "${ORT_GPU}" \
  && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"

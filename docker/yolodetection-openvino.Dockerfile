@@ -77,7 +77,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY robotclient/ robotclient/
-# [openvino]: openvino + onnx (ensure_onnx reads the cached model's metadata with onnx). No onnxruntime.
+# [openvino]: [serving] + openvino + onnx (ensure_onnx reads the cached model's metadata with onnx). No onnxruntime.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install ".[openvino]" \
  && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"

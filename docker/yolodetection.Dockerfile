@@ -77,10 +77,11 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY robotclient/ robotclient/
-# [onnx]: onnxruntime for the INT8 engine, onnx for ensure_onnx's check of the cached model. setup.py's
-# build_py runs `python -m protos.generate`, so the gRPC stubs land in site-packages; checked there (-I: not /src).
+# [services]: health, reflection, metrics, onnxruntime for the INT8 engine, onnx for ensure_onnx's check of
+# the cached model. setup.py's build_py runs `python -m protos.generate`, so the gRPC stubs land in
+# site-packages; checked there (-I: not /src).
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install ".[onnx]" \
+ && /opt/venv/bin/pip install ".[services]" \
  && /opt/venv/bin/python -I -c "import protos.detection_pb2_grpc, protos.detection_v1_pb2_grpc"
 
 # ---------------------------------------------------------------- runtime

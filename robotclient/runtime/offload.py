@@ -26,11 +26,16 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from protos import timings as stage
+from protos.deadline import Deadline
 from robotclient.runtime.model import CapturedFrame, DetectionResult, FailedFrame
 from robotclient.runtime.wire import DIALECTS, EncodedFrame, FrameEncoder, RequestOptions
 
 # Failures that mean "the server is not there or will not take more now": back off before the next try.
 BACKOFF_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN})
+
+# A frame with no more than this left of its deadline is not sent: its answer could not come back in time.
+SEND_MARGIN_S = 0.005
 
 # No "grpc.min_reconnect_backoff_ms": gRPC core takes it as the minimum connect timeout; at 100 ms, connection
 # attempts over a link with a longer round trip timed out before the HTTP/2 handshake (UNAVAILABLE frames).
@@ -62,7 +67,7 @@ class OffloadConfig:
     target: str
     dialect: str = "v1"
     max_in_flight: int = 2
-    deadline_s: float = 1.0
+    deadline_s: float = 1.0  # per frame, from its capture
     pace: float = 1.1  # min gap between sends, in units of the server's bottleneck time; 0 = send when a slot frees
     encoder: FrameEncoder = field(default_factory=FrameEncoder)
     request: RequestOptions = field(default_factory=RequestOptions)
@@ -77,6 +82,10 @@ class OffloadConfig:
             raise ValueError(f"max in flight must be at least 1, got {self.max_in_flight}")
         if self.deadline_s <= 0:
             raise ValueError(f"deadline must be positive, got {self.deadline_s}")
+
+    def deadline_of(self, frame: CapturedFrame) -> Deadline:
+        """The frame's deadline: ``deadline_s`` after its capture, on the clock that stamped it."""
+        return Deadline.after(self.deadline_s, frame.captured_at)
 
 
 @dataclass
@@ -101,20 +110,18 @@ class OffloadStats:
 def bottleneck_ms(timings_ms: dict[str, float]) -> float:
     """The server's slowest detector's compute for one frame, queueing excluded: the pace it can sustain.
 
-    The aggregator reports ``<engine>.<stage>`` times; the ``wait`` stage is
-    time spent queued behind another frame, so it is left out. Falls back to
-    ``total`` for servers that report no stages, and 0 when nothing is known.
+    The aggregator reports each detector's stages (``protos.timings``: ``yolo.dnn``, ``face.total``...);
+    queueing (``wait``) is not work, so it is left out, and counts (``batch``) are not times. A detector
+    without a ``total`` counts the sum of its stages. Falls back to the server's own ``total`` for servers
+    that report no detector stages, and 0 when nothing is known.
     """
-    stages: dict[str, dict[str, float]] = {}
-    for key, ms in timings_ms.items():
-        engine, _, stage = key.partition(".")
-        if stage:
-            stages.setdefault(engine, {})[stage] = ms
-    per_engine = {
-        engine: s["total"] - s.get("wait", 0.0) if "total" in s else sum(v for k, v in s.items() if k != "wait")
-        for engine, s in stages.items()
-    }
-    return max(per_engine.values(), default=timings_ms.get("total", 0.0))
+    not_work = stage.QUEUEING | stage.COUNTS
+    per_detector = [
+        s[stage.TOTAL] - sum(s.get(k, 0.0) for k in stage.QUEUEING) if stage.TOTAL in s
+        else sum(ms for k, ms in s.items() if k not in not_work)
+        for s in stage.by_detector(timings_ms).values()
+    ]
+    return max(per_detector, default=timings_ms.get(stage.TOTAL, 0.0))
 
 
 class OffloadClient:
@@ -265,15 +272,16 @@ class OffloadClient:
 
     def _send_loop(self) -> None:
         while (frame := self._next_frame()) is not None:
-            remaining = self.config.deadline_s - (self._clock() - frame.captured_at)
-            if remaining <= 0.005:
+            deadline = self.config.deadline_of(frame)
+            now = self._clock()
+            if deadline.expired(now, SEND_MARGIN_S):
                 self._finish(frame=frame, expired=True)
                 continue
             try:
                 encoded = self.config.encoder.encode(frame)
                 request = self._dialect.request(frame, encoded, self.config.request)
                 sent_at = self._clock()
-                future = self._call.future(request, timeout=remaining, metadata=self._metadata)
+                future = self._call.future(request, timeout=deadline.for_call(sent_at), metadata=self._metadata)
             except Exception as exc:  # a bad frame must not kill the sender
                 self._finish(frame=frame, error=f"frame {frame.number}: {exc}", code="CLIENT")
                 continue

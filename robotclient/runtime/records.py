@@ -28,6 +28,16 @@ class FrameRecord:
     detections: int
     track_ids: str
     target_id: int | None
+    target_x: int | None
+    """The followed target's box (left, top, width, height) in captured-frame pixels; empty without a target."""
+    target_y: int | None
+    target_w: int | None
+    target_h: int | None
+    offset_x: float | None
+    """The controller's yaw input: target centre, -1 left edge .. 0 centre .. +1 right edge."""
+    target_size: float | None
+    """The controller's forward-speed input: box height / frame height, held against the stop band
+    (``ControlParams.portrait_band`` when target_h > target_w, else ``landscape_band``)."""
     state: str
     cmd_x: float
     cmd_y: float
@@ -47,6 +57,9 @@ def make_record(
     failure: FailedFrame | None = None,
     start: float = 0.0,
 ) -> FrameRecord:
+    """One CSV row; the offsets are the ``TargetView`` the session handed to the controller, not recomputed."""
+    box = decision.target.box.as_int() if decision.target is not None else (None, None, None, None)
+    view = decision.view
     return FrameRecord(
         frame=frame.number,
         capture_s=round(frame.captured_at - start, 4),
@@ -56,6 +69,12 @@ def make_record(
         detections=len(result.detections) if result else 0,
         track_ids=" ".join(str(t.track_id) for t in decision.tracks),
         target_id=decision.target.track_id if decision.target else None,
+        target_x=box[0],
+        target_y=box[1],
+        target_w=box[2],
+        target_h=box[3],
+        offset_x=round(view.offset, 4) if view is not None else None,
+        target_size=round(view.size, 4) if view is not None else None,
         state=decision.state.value,
         cmd_x=round(decision.command.x, 4),
         cmd_y=round(decision.command.y, 4),

@@ -3,8 +3,9 @@
 Writes ``frames.csv`` (one row per decision), ``annotated.mp4`` and
 ``summary.json`` into ``--out``. By default the clip is read as fast as the
 mesh answers (a frame is read only when the pipeline can send it, so none is
-dropped); ``--realtime`` plays it at its own frame rate, and then frames the
-mesh cannot keep up with are dropped, newest wins, as on the robot.
+dropped, and each is decided on with its own answer); ``--realtime`` plays it
+at its own frame rate, and then frames the mesh cannot keep up with are
+dropped, newest wins, as on the robot. The robot is the ``null`` driver.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from tqdm import tqdm
 
-from robotclient.runtime import overlay
+from robotclient.runtime import loop
 from robotclient.runtime.drivers import open_driver
 from robotclient.runtime.drivers.safety import SafeRobot
-from robotclient.runtime.model import CapturedFrame, DetectionResult, FailedFrame
+from robotclient.runtime.liveview import LiveView
 from robotclient.runtime.offload import OffloadClient, OffloadConfig
-from robotclient.runtime.records import CsvLog, FrameRecord, make_record, summarize
+from robotclient.runtime.records import FrameRecord, summarize
 from robotclient.runtime.session import FollowSession, SessionConfig
 from robotclient.runtime.sources import FileSource
 
@@ -35,29 +35,6 @@ class ReplayOptions:
     max_frames: int | None = None
     progress: bool = True
     video: bool = True
-
-
-class AnnotatedVideo:
-    """MP4 writer opened on the first frame (the clip's size is known only then)."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
-        self.fps = fps if fps and fps > 0 else 10.0
-        self._writer: cv2.VideoWriter | None = None
-        self.frames = 0
-
-    def write(self, image: Any) -> None:
-        if self._writer is None:
-            height, width = image.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
-            if not self._writer.isOpened():
-                raise RuntimeError(f"cannot write video {self.path} (mp4v codec unavailable in this OpenCV)")
-        self._writer.write(image)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
 
 
 class Replay:
@@ -71,117 +48,55 @@ class Replay:
         session: SessionConfig,
         options: ReplayOptions = ReplayOptions(),
         clock: Callable[[], float] = time.monotonic,
+        live: LiveView | None = None,
     ) -> None:
         self.clip, self.out, self.offload, self.session_config, self.options = clip, out, offload, session, options
-        self.clock = clock
+        self.clock, self.live = clock, live
         self.records: list[FrameRecord] = []
+        self.written: list[Path] = []
+        """The files the run wrote (the video's suffix is the format it got: .mp4 or .webm)."""
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
-        options = self.options
+        options, drain_s = self.options, self.offload.deadline_s + 1.0
         with (
             FileSource(self.clip, realtime=options.realtime, clock=self.clock) as source,
             OffloadClient(self.offload, clock=self.clock) as client,
             SafeRobot(open_driver("null"), self.session_config.limits, clock=self.clock) as robot,
-            CsvLog(self.out / "frames.csv") as log,
         ):
-            video = AnnotatedVideo(self.out / "annotated.mp4", source.fps or 10.0) if options.video else None
-            total = _frame_count(self.clip, options.max_frames)
-            bar = tqdm(total=total, unit="frame", disable=not options.progress, desc=self.clip.name)
-            started = self.clock()
-            session = FollowSession(self.session_config, start=started)
-            edges: set[str] = set()
-            # Frames sent (read as fast as the mesh answers) and not decided on yet, by number.
-            waiting: dict[int, CapturedFrame] = {}
-
-            def decide(frame: CapturedFrame, now: float, result: DetectionResult | None,
-                       failure: FailedFrame | None) -> None:
-                decision = session.on_frame(frame, now)
-                robot.drive(decision.command)
-                record = make_record(frame, decision, result, failure, start=started)
-                log.write(record)
-                self.records.append(record)
-                if result is not None and result.served_by.edge:
-                    edges.add(result.served_by.edge)
-                if video is not None:
-                    video.write(overlay.draw(
-                        frame.image, tracks=decision.tracks,
-                        target_id=decision.target.track_id if decision.target else None,
-                        state=decision.state.value, rtt_ms=result.rtt_ms if result else None,
-                        served_by=result.served_by.label() if result else "", command=decision.command,
-                        asked=self.offload.request.asked))
-                bar.update(1)
-
-            def answered_in_order() -> None:
-                done: list[tuple[int, DetectionResult | None, FailedFrame | None]] = [
-                    (r.frame.number, r, None) for r in client.take_results()]
-                done += [(f.frame.number, None, f) for f in client.take_failures() if f.code != "REPLACED"]
-                for number, result, failure in sorted(done, key=lambda item: item[0]):
-                    if waiting.pop(number, None) is None:
-                        continue  # already decided on as superseded (below); its late failure changes nothing
-                    if result is not None:
-                        # The client drops an answer that arrives after a newer frame's (out of order); the
-                        # older frames still waiting can no longer be answered: decide on them now, so that
-                        # every frame read gets its row, in order.
-                        for older in sorted(n for n in waiting if n < number):
-                            late = waiting.pop(older)
-                            decide(late, result.received_at, None,
-                                   FailedFrame(late, result.received_at, "OUT_OF_ORDER",
-                                               f"answered after frame {number}; the late answer is discarded"))
-                        session.on_result(result)
-                        decide(result.frame, result.received_at, result, None)
-                    elif failure is not None:
-                        decide(failure.frame, failure.at, None, failure)
-
-            try:
-                read = 0
-                while options.max_frames is None or read < options.max_frames:
-                    if not options.realtime:
-                        while not client.wait_ready(0.05):
-                            answered_in_order()
-                    frame = source.read()
-                    if frame is None:
-                        break
-                    read += 1
-                    if not options.realtime:
-                        waiting[frame.number] = frame
-                    client.offer(frame)
-                    if options.realtime:
-                        results = client.take_results()
-                        for result in results:
-                            session.on_result(result)
-                        latest = results[-1] if results else None
-                        decide(frame, self.clock(), latest, None)
-                    else:
-                        answered_in_order()
-                client.drain(self.offload.deadline_s + 1.0)
-                if not options.realtime:
-                    answered_in_order()
-            finally:
-                bar.close()
-                if video is not None:
-                    video.close()
-            wall_s = self.clock() - started
+            pacing = (loop.paced(source, drain_s=drain_s) if options.realtime
+                      else loop.as_answered(source, drain_s=drain_s))
+            video = loop.video_writer(self.out / "annotated.mp4", source.fps or 10.0) if options.video else None
+            outputs = [
+                loop.CsvOutput(self.out / "frames.csv"),
+                loop.AnnotatedView(asked=self.offload.request.asked, live=self.live, video=video),
+                loop.Progress(_frame_count(self.clip, options.max_frames), desc=self.clip.name,
+                              enabled=options.progress),
+            ]
+            frame_loop = loop.FrameLoop(pacing, client, robot, FollowSession(self.session_config, self.clock()),
+                                        clock=self.clock, outputs=outputs, max_frames=options.max_frames)
+            wall_s = frame_loop.run()
             stats = client.stats()
-        summary = summarize(
-            self.records, wall_s=wall_s, handovers=stats.handovers, edges=edges,
-            extra={
-                "clip": str(self.clip),
-                "frames_read": read,
-                "realtime": options.realtime,
-                "server": self.offload.target,
-                "protocol": self.offload.dialect,
-                "engines_asked": list(self.offload.request.asked),
-                "max_in_flight": self.offload.max_in_flight,
-                "dropped_stale": stats.replaced,
-                "out_of_order": stats.out_of_order,
-                "expired": stats.expired,
-                "failed_by_code": stats.failed,
-                "carry": self.session_config.carry,
-                "target_class": self.session_config.wanted_class,
-            },
-        )
+        self.records = frame_loop.records
+        summary = summarize(self.records, wall_s=wall_s, handovers=stats.handovers, edges=frame_loop.edges, extra={
+            "clip": str(self.clip),
+            "frames_read": pacing.frames.read,
+            "realtime": options.realtime,
+            "server": self.offload.target,
+            "protocol": self.offload.dialect,
+            "engines_asked": list(self.offload.request.asked),
+            "max_in_flight": self.offload.max_in_flight,
+            "dropped_stale": stats.replaced,
+            "out_of_order": stats.out_of_order,
+            "expired": stats.expired,
+            "failed_by_code": stats.failed,
+            "carry": self.session_config.carry,
+            "target_class": self.session_config.wanted_class,
+        })
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        timeline = loop.write_timeline(self.records, self.out / "timeline.png", f"replay: {self.clip.name}")
+        self.written = [p for p in (self.out / "frames.csv", video.path if video else None, timeline,
+                                    self.out / "summary.json") if p is not None]
         return summary
 
 

@@ -1,7 +1,9 @@
 """Where frames come from: the Raspberry Pi camera, a USB webcam, or a recorded clip.
 
 Every source stamps each frame with a number and the injected monotonic clock
-at capture, so that the age of a scene can be measured end to end. Cameras
+at capture, so that the age of a scene can be measured end to end; the
+Raspberry Pi camera goes further and back-dates each frame to the sensor's own
+timestamp, so that ages and deadlines include the camera's delay. Cameras
 never end (a camera that stops delivering raises :class:`SourceError`); a clip
 returns ``None`` at its end unless it repeats. :class:`LatestFrameGrabber`
 reads a live camera on a thread and keeps only the newest frame, so a slow
@@ -11,9 +13,10 @@ control loop never works on stale images.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -27,6 +30,18 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 PICAMERA2_HINT = "picamera2 is not installed (on Raspberry Pi OS: sudo apt install python3-picamera2)"
+
+MAX_SENSOR_LAG_S = 2.0
+"""A SensorTimestamp older than this at dequeue is not trusted (another clock, a resumed suspend)."""
+_SENSOR_CLOCK_SLACK_S = 0.005
+"""A SensorTimestamp may read this much after the clock read just before it (two clock reads, rounding)."""
+
+logger = logging.getLogger(__name__)
+
+
+def boottime() -> float:
+    """CLOCK_BOOTTIME in seconds: the clock of libcamera's SensorTimestamp (Linux only)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class SourceError(RuntimeError):
@@ -183,20 +198,35 @@ class WebcamSource(_Closing):
 
 
 class RaspicamSource(_Closing):
-    """The Raspberry Pi camera through picamera2 (imported only here, so the client runs anywhere else)."""
+    """The Raspberry Pi camera through picamera2 (imported only here, so the client runs anywhere else).
+
+    A frame's ``captured_at`` is the sensor's time, not the dequeue time: libcamera's
+    ``SensorTimestamp`` metadata (nanoseconds; libcamera documents it as
+    CLOCK_BOOTTIME and the start of exposure of the first row; the Pi's Unicam/CFE
+    drivers stamp the frame start with CLOCK_MONOTONIC, which equals BOOTTIME on a
+    robot that never suspended) is turned into the injected clock by the lag
+    measured at dequeue: ``captured_at = clock() - (boottime() - SensorTimestamp)``.
+    Without the metadata, or with a lag outside [0, ``MAX_SENSOR_LAG_S``], the frame
+    keeps the dequeue time, and the first such frame says so in one log line.
+    """
 
     def __init__(
         self,
         *,
         size: tuple[int, int] = (640, 480),
         clock: Clock = time.monotonic,
+        sensor_clock: Clock = boottime,
         picamera2_module: ModuleType | Any | None = None,
     ) -> None:
         self.name = "raspicam"
         self.size = size
         self.fps: float | None = None
         self._clock = clock
+        self._sensor_clock = sensor_clock
         self._number = 0
+        self._told_fallback = False
+        self.stamped_by: str | None = None
+        """How the last frame was stamped: "sensor" (SensorTimestamp) or "dequeue" (the clock at dequeue)."""
         module = picamera2_module if picamera2_module is not None else _import_picamera2()
         try:
             camera = module.Picamera2()
@@ -217,8 +247,9 @@ class RaspicamSource(_Closing):
             raise SourceError(f"{self.name}: read after close")
         try:
             with self._camera.captured_request() as request:
+                dequeued = self._clock()
+                captured_at = self._sensor_time(request, dequeued)
                 array = request.make_array("main")
-                captured_at = self._clock()
                 # XRGB8888 arrives as [B, G, R, 255] per pixel; cvtColor makes an owned 3-channel copy.
                 image = cv2.cvtColor(np.asarray(array), cv2.COLOR_BGRA2BGR)
         except Exception as exc:
@@ -226,6 +257,31 @@ class RaspicamSource(_Closing):
         frame = CapturedFrame(number=self._number, captured_at=captured_at, image=image)
         self._number += 1
         return frame
+
+    def _sensor_time(self, request: Any, dequeued: float) -> float:
+        """The frame's SensorTimestamp on the injected clock, or ``dequeued`` when it is missing or implausible."""
+        try:
+            sensor_now = self._sensor_clock()
+        except (AttributeError, OSError) as exc:  # no CLOCK_BOOTTIME (not Linux)
+            return self._fallback(dequeued, f"no CLOCK_BOOTTIME here ({exc})")
+        metadata = request.get_metadata() if hasattr(request, "get_metadata") else None
+        stamp = metadata.get("SensorTimestamp") if isinstance(metadata, Mapping) else None
+        if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp <= 0:
+            return self._fallback(dequeued, "the request metadata has no SensorTimestamp")
+        lag = sensor_now - stamp * 1e-9
+        if not -_SENSOR_CLOCK_SLACK_S <= lag <= MAX_SENSOR_LAG_S:
+            return self._fallback(
+                dequeued, f"SensorTimestamp is {lag:+.3f} s behind CLOCK_BOOTTIME, outside [0, {MAX_SENSOR_LAG_S}] s")
+        self.stamped_by = "sensor"
+        return dequeued - max(lag, 0.0)
+
+    def _fallback(self, dequeued: float, why: str) -> float:
+        if not self._told_fallback:
+            self._told_fallback = True
+            logger.warning("%s: %s; frames are stamped when dequeued (ages leave out the camera's delay)",
+                           self.name, why)
+        self.stamped_by = "dequeue"
+        return dequeued
 
     def close(self) -> None:
         camera, self._camera = self._camera, None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from robotclient.runtime.loop import RateSchedule
 from robotclient.runtime.model import CapturedFrame
 from robotclient.runtime.session import Decision
 from robotclient.runtime.statemachine import State
@@ -24,7 +25,11 @@ from robotclient.sim.world import SimWorld
 
 
 class SimCamera:
-    """A frame source that renders the world from the robot's current pose at a fixed frame rate."""
+    """A frame source that renders the world from the robot's current pose at a fixed frame rate.
+
+    Read on the frame loop's thread (``loop.paced``), it closes the loop: each
+    frame is rendered after the previous decision drove the simulated robot.
+    """
 
     name = "sim-camera"
 
@@ -42,14 +47,15 @@ class SimCamera:
         self._clock, self._sleep = clock, sleep
         self.start = clock() if start is None else start
         self._number = 0
-        self._next_due = self.start
+        self._schedule = RateSchedule(fps, self.start)
 
     def read(self) -> CapturedFrame | None:
-        delay = self._next_due - self._clock()
+        due = self._schedule.due(self._clock())
+        delay = due - self._clock()
         if delay > 0:
             self._sleep(delay)
+        self._schedule.take(due)
         now = self._clock()
-        self._next_due = max(self._next_due + 1.0 / self.fps, now)
         image = self.world.render(self.robot.pose(), now - self.start)
         self._number += 1
         return CapturedFrame(self._number, now, image)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
 
 from protos import detection_v1_pb2 as v1
+from protos.deadline import NO_DEADLINE, Deadline
 from services.common.identity import ServedByInfo
 
 
@@ -25,6 +28,18 @@ class Found:
     rgb: tuple[int, int, int]
 
 
+@dataclass(frozen=True)
+class Detected:
+    """What a detector returns for one image: its detections and its stage times (``protos.timings`` names)."""
+
+    found: tuple[Found, ...]
+    stages_ms: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "found", tuple(self.found))
+        object.__setattr__(self, "stages_ms", MappingProxyType(dict(self.stages_ms)))
+
+
 class Detector(Protocol):
     """A pure detector: decoded image in, detections out; no gRPC."""
 
@@ -34,12 +49,10 @@ class Detector(Protocol):
     def decode_reduction(self, width: int, height: int) -> int:
         """How much the JPEG may be reduced while decoding (1, 2, 4 or 8) without losing detections."""
 
-    def detect(
-        self, image: np.ndarray, scale: float, timings_ms: dict[str, float], deadline: float | None = None,
-    ) -> list[Found]:
-        """``scale`` maps ``image`` pixels back to frame pixels; stage times are added to ``timings_ms``.
+    def detect(self, image: np.ndarray, scale: float, deadline: Deadline = NO_DEADLINE) -> Detected:
+        """``scale`` maps ``image`` pixels back to frame pixels.
 
-        ``deadline`` (``time.monotonic``, None: none): the caller's; work still queued then is not started.
+        ``deadline`` (on ``time.monotonic``): the caller's; work still queued then is not started.
         """
 
 

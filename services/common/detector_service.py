@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from protos import detection_v1_pb2 as v1
+from protos import timings as stage
+from protos.deadline import NO_DEADLINE, Deadline
 from services.common.detections import Detector, Found, detection_message, served_by_message
 from services.common.errors import invalid
 from services.common.identity import ServedByInfo
@@ -52,24 +54,23 @@ class DetectorCore:
         self.inject_delay_s = inject_delay_s
         self.sleep = sleep
 
-    def run(self, jpeg: bytes, max_results: int, deadline: float | None = None) -> FrameResult:
-        """``deadline``: the caller's, as ``time.monotonic()`` (see ``deadline_of``)."""
+    def run(self, jpeg: bytes, max_results: int, deadline: Deadline = NO_DEADLINE) -> FrameResult:
+        """``deadline``: the caller's, on ``time.monotonic`` (see ``deadline_of``)."""
         started = self.clock()
         cap = checked_max_results(max_results, self.max_results_limit)
         info = validate_jpeg(jpeg, self.limits)
         detector = self.detector.get()
         if self.inject_delay_s:  # fault injection for experiments (--inject-delay-ms)
             self.sleep(self.inject_delay_s)
-        timings: dict[str, float] = {}
         t0 = self.clock()
         reduce = detector.decode_reduction(info.width, info.height)
         image = decode_jpeg(jpeg, info, reduce)
-        timings["decode"] = (self.clock() - t0) * 1000.0
+        timings = {stage.DECODE: (self.clock() - t0) * 1000.0}
         scale = info.width / image.shape[1]
-        found = detector.detect(image, scale, timings, deadline)
-        found.sort(key=lambda f: f.confidence, reverse=True)
-        del found[cap:]
-        timings["total"] = (self.clock() - started) * 1000.0
+        detected = detector.detect(image, scale, deadline)
+        timings.update(detected.stages_ms)
+        found = sorted(detected.found, key=lambda f: f.confidence, reverse=True)[:cap]
+        timings[stage.TOTAL] = (self.clock() - started) * 1000.0
         self.metrics.observe_stages(timings)
         self.metrics.count_detections(v1.Engine.Name(detector.engine), len(found))
         return FrameResult(found=found, width=info.width, height=info.height, timings_ms=timings)
@@ -81,10 +82,9 @@ class DetectorCore:
             return self.served_by
 
 
-def deadline_of(context: grpc.ServicerContext) -> float | None:
-    """The caller's gRPC deadline on this process's monotonic clock (None when the call has none)."""
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
+def deadline_of(context: grpc.ServicerContext, clock: Callable[[], float] = time.monotonic) -> Deadline:
+    """The caller's gRPC deadline on this process's monotonic clock (``NO_DEADLINE`` when the call has none)."""
+    return Deadline.from_grpc_context(context, clock())
 
 
 class DetectorV1Servicer:
@@ -105,7 +105,7 @@ class DetectorV1Servicer:
                 capture_timestamp_us=request.frame.capture_timestamp_us,
                 detections=[detection_message(f, self.engine) for f in result.found],
                 detector_status=[v1.DetectorStatus(
-                    engine=self.engine, code=0, code_name="OK", latency_ms=result.timings_ms["total"],
+                    engine=self.engine, code=0, code_name="OK", latency_ms=result.timings_ms[stage.TOTAL],
                     served_by=served_by, detections=len(result.found))],
                 timings_ms=result.timings_ms,
                 served_by=served_by,

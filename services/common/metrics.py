@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import prometheus_client as prom
 
+from protos import timings as stage
+
 # Frame latencies run from a few ms (Haar on a small frame) to the 1 s robot deadline.
-# timings_ms entries that are counts, not durations.
-COUNT_KEYS = frozenset({"batch"})
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
@@ -37,12 +37,12 @@ class ServiceMetrics:
         self.requests.labels(**self._labels, method=method, code=code).inc()
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
-        for stage, ms in timings_ms.items():
-            if stage in COUNT_KEYS:
+        for name, ms in timings_ms.items():
+            if name in stage.COUNTS:
                 continue
-            self.stage_seconds.labels(**self._labels, stage=stage).observe(ms / 1000.0)
-        if "batch" in timings_ms:
-            self.batch_size.labels(**self._labels).observe(timings_ms["batch"])
+            self.stage_seconds.labels(**self._labels, stage=name).observe(ms / 1000.0)
+        if stage.BATCH in timings_ms:
+            self.batch_size.labels(**self._labels).observe(timings_ms[stage.BATCH])
 
     def observe_detector(self, detector: str, code: str, seconds: float) -> None:
         self.detector_seconds.labels(**self._labels, detector=detector, code=code).observe(seconds)

@@ -13,7 +13,9 @@ import cv2
 import numpy as np
 
 from protos import detection_v1_pb2 as v1
-from services.common.detections import Found
+from protos import timings as stage
+from protos.deadline import NO_DEADLINE, Deadline
+from services.common.detections import Detected, Found
 from services.common.imaging import center_color
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
@@ -100,9 +102,7 @@ class HaarFaceDetector:
                 k = max(k, candidate)
         return k
 
-    def detect(
-        self, image: np.ndarray, scale: float, timings_ms: dict[str, float], deadline: float | None = None,
-    ) -> list[Found]:
+    def detect(self, image: np.ndarray, scale: float, deadline: Deadline = NO_DEADLINE) -> Detected:
         # Haar is one call that cannot be abandoned, and the frame reaches it at once: the deadline is
         # enforced by gRPC around it.
         del deadline
@@ -119,8 +119,7 @@ class HaarFaceDetector:
                 outputRejectLevels=True,
             )
         # "wait" is time queued behind other frames for the cascade; "haar" is the detection itself.
-        timings_ms["wait"] = (t1 - t0) * 1000.0
-        timings_ms["haar"] = (self.clock() - t1) * 1000.0
+        stages_ms = {stage.WAIT: (t1 - t0) * 1000.0, stage.HAAR: (self.clock() - t1) * 1000.0}
         found = []
         for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.ravel(weights), strict=True):
             fx, fy, fw, fh = (round(float(v) * scale) for v in (x, y, w, h))
@@ -128,4 +127,4 @@ class HaarFaceDetector:
                 class_name="face", class_id=0, confidence=level_weight_confidence(float(weight)),
                 x=fx, y=fy, w=fw, h=fh, rgb=center_color(image, fx, fy, fw, fh, scale),
             ))
-        return found
+        return Detected(tuple(found), stages_ms)

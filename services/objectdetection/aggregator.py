@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import grpc
 
 from protos import detection_v1_pb2 as v1
+from protos import timings as stage
+from protos.deadline import Deadline
 from services.common.detections import served_by_message
 from services.common.errors import RequestError
 from services.common.identity import ServedByInfo
@@ -18,15 +20,16 @@ from services.common.rpc import checked_max_results
 from services.objectdetection.fanout import REPLY_MARGIN_S, FanOut
 from services.objectdetection.merge import UserIdRule, frame_error, merge_detections, wanted_engines
 
-ENGINE_KEYS = {v1.ENGINE_FACE: "face", v1.ENGINE_YOLO: "yolo"}
 
-
-@dataclass
+@dataclass(frozen=True)
 class FrameCall:
-    """What the servicers pass in: the v1 request plus what gRPC knows about the call."""
+    """What the servicers pass in: the v1 request plus what gRPC knows about the call.
+
+    ``deadline``: the caller's, on the aggregator's clock (``NO_DEADLINE`` when the call has none).
+    """
 
     request: v1.DetectRequest
-    time_remaining: float | None
+    deadline: Deadline
     metadata: Sequence[tuple[str, str | bytes]]
 
 
@@ -40,8 +43,9 @@ class Aggregator:
         served_by: ServedByInfo,
         metrics: ServiceMetrics,
         on_frame: Callable[[bytes, Sequence[v1.Detection]], None] | None = None,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: monotonic seconds, for the stage times and the callers' deadlines alike."""
         self.fanout = fanout
         self.users = users
         self.limits = limits
@@ -59,14 +63,15 @@ class Aggregator:
         cap = checked_max_results(request.max_results, self.max_results_limit)
         engines = wanted_engines(request.engines, self.fanout.engines)
         info = validate_jpeg(request.frame.jpeg, self.limits)  # header only: the detectors decode
-        if call.time_remaining is not None and call.time_remaining <= REPLY_MARGIN_S:
+        if call.deadline.expired(started, REPLY_MARGIN_S):
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               f"deadline too short: {call.time_remaining * 1000:.1f} ms left on arrival")
-        timings = {"validate": (self.clock() - started) * 1000.0}
-        outcomes = self.fanout.run(request, engines, self.fanout.timeout_for(call.time_remaining), call.metadata)
+                               f"deadline too short: {call.deadline.remaining(started) * 1000:.1f} ms left on arrival")
+        now = self.clock()
+        timings = {stage.VALIDATE: (now - started) * 1000.0}
+        outcomes = self.fanout.run(request, engines, self.fanout.timeout_for(call.deadline, now), call.metadata)
         statuses, per_engine = [], []
         for outcome in outcomes:
-            key = ENGINE_KEYS[outcome.engine]
+            key = stage.DETECTOR_KEYS[outcome.engine]
             latency_ms = outcome.latency_s * 1000.0
             timings[key] = latency_ms
             self.metrics.observe_detector(key, outcome.code.name, outcome.latency_s)
@@ -76,15 +81,14 @@ class Aggregator:
                 status.served_by.CopyFrom(outcome.reply.served_by)
                 status.detections = len(outcome.reply.detections)
                 per_engine.append(outcome.reply.detections)
-                for stage, ms in outcome.reply.timings_ms.items():
-                    timings[f"{key}.{stage}"] = ms
+                timings.update(stage.prefixed(key, outcome.reply.timings_ms))
             statuses.append(status)
         if error := frame_error(statuses):
             raise error
         detections = merge_detections(per_engine, cap)
-        timings["total"] = (self.clock() - started) * 1000.0
-        self.metrics.observe_stages({k: v for k, v in timings.items() if "." not in k})
-        for engine, key in ENGINE_KEYS.items():
+        timings[stage.TOTAL] = (self.clock() - started) * 1000.0
+        self.metrics.observe_stages(stage.own_stages(timings))
+        for engine, key in stage.DETECTOR_KEYS.items():
             self.metrics.count_detections(key, sum(1 for d in detections if d.engine == engine))
         if self.on_frame is not None:
             self.on_frame(request.frame.jpeg, detections)

@@ -11,6 +11,7 @@ import grpc
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
+from protos.deadline import Deadline
 from services.common.server import grpc_options
 from services.common.tls import ClientTls, channel
 
@@ -64,11 +65,10 @@ class FanOut:
     def engines(self) -> list[int]:
         return list(self.clients)
 
-    def timeout_for(self, time_remaining: float | None) -> float:
-        """The detectors must answer before the caller gives up; never longer than the default."""
-        if time_remaining is None:
-            return self.default_timeout_s
-        return max(0.0, min(self.default_timeout_s, time_remaining - REPLY_MARGIN_S))
+    def timeout_for(self, deadline: Deadline, now: float) -> float:
+        """The detectors must answer before the caller gives up (its deadline less the reply margin);
+        never longer than the default (``--detector-timeout``), which is all a caller without one gets."""
+        return deadline.for_call(now, REPLY_MARGIN_S, cap=self.default_timeout_s)
 
     def run(
         self,

@@ -6,6 +6,7 @@ import grpc
 
 from protos import detection_pb2 as legacy
 from protos import detection_v1_pb2 as v1
+from protos.deadline import Deadline
 from services.common.imaging import validate_jpeg
 from services.common.rpc import checked_max_results, handle_rpc
 from services.objectdetection.aggregator import Aggregator, FrameCall
@@ -14,8 +15,9 @@ from services.objectdetection.merge import tracing_metadata
 _LEGACY_ENG = {v1.ENGINE_FACE: legacy.DetectedObject.FACE, v1.ENGINE_YOLO: legacy.DetectedObject.YOLO}
 
 
-def _frame_call(request: v1.DetectRequest, context: grpc.ServicerContext) -> FrameCall:
-    return FrameCall(request, context.time_remaining(), tracing_metadata(context.invocation_metadata()))
+def _frame_call(request: v1.DetectRequest, context: grpc.ServicerContext, aggregator: Aggregator) -> FrameCall:
+    deadline = Deadline.from_grpc_context(context, aggregator.clock())
+    return FrameCall(request, deadline, tracing_metadata(context.invocation_metadata()))
 
 
 class ObjectDetectionV1Servicer:
@@ -24,7 +26,7 @@ class ObjectDetectionV1Servicer:
 
     def Detect(self, request: v1.DetectRequest, context: grpc.ServicerContext) -> v1.DetectResponse:
         return handle_rpc("v1.Detect", context, self.aggregator.metrics,
-                          lambda: self.aggregator.detect(_frame_call(request, context)))
+                          lambda: self.aggregator.detect(_frame_call(request, context, self.aggregator)))
 
 
 def legacy_to_v1(request: legacy.ObjectDetectionRequest) -> v1.DetectRequest:
@@ -55,7 +57,7 @@ class LegacyObjectDetectionServicer:
                     validate_jpeg(request.frame.img, self.aggregator.limits)
                 reply = v1.DetectResponse()
             else:
-                reply = self.aggregator.detect(_frame_call(v1_request, context))
+                reply = self.aggregator.detect(_frame_call(v1_request, context, self.aggregator))
             identity = self.aggregator.served_by
             return legacy.ObjectDetectionResponse(
                 number=request.frame.number,

@@ -25,8 +25,9 @@ within the budget, which is exactly when running both together is cheaper than o
 Frames that queue while the engine is busy form the next batch without any waiting at all.
 
 Bounded queue: beyond ``max_queue`` waiting frames, ``submit`` fails at once with ``QueueFull``.
-A frame whose deadline (a plain ``time.monotonic`` value) passes while it waits is dropped with
-``Expired``, never computed. ``close`` drains: queued frames complete, then the worker stops.
+A frame whose deadline (a ``protos.deadline.Deadline`` on the batcher's clock, ``time.monotonic``)
+passes while it waits is dropped with ``Expired``, never computed. ``close`` drains: queued frames
+complete, then the worker stops.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
+
+from protos.deadline import NO_DEADLINE, Deadline
 
 T = TypeVar("T")
 
@@ -78,7 +81,7 @@ class BatchConfig:
 class _Queued(Generic[T]):
     item: T
     enqueued: float
-    deadline: float | None
+    deadline: Deadline
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class BatchScheduler(Generic[T]):
         """A frame identified by ``key`` (its handler thread) entered the server and will be submitted soon."""
         self._announced[key] = now
 
-    def offer(self, item: T, now: float, deadline: float | None = None, key: Hashable | None = None) -> list[T]:
+    def offer(self, item: T, now: float, deadline: Deadline = NO_DEADLINE, key: Hashable | None = None) -> list[T]:
         """Queues ``item``; returns queued items found expired meanwhile (to fail). Raises QueueFull."""
         announced = self._announced.pop(key, None) if key is not None else None
         if announced is not None:
@@ -144,10 +147,10 @@ class BatchScheduler(Generic[T]):
         return False
 
     def _drop_expired(self, now: float) -> list[T]:
-        if all(q.deadline is None or q.deadline > now for q in self._queue):
+        if not any(q.deadline.expired(now) for q in self._queue):
             return []
-        expired = [q.item for q in self._queue if q.deadline is not None and q.deadline <= now]
-        self._queue = deque(q for q in self._queue if q.deadline is None or q.deadline > now)
+        expired = [q.item for q in self._queue if q.deadline.expired(now)]
+        self._queue = deque(q for q in self._queue if not q.deadline.expired(now))
         return expired
 
 
@@ -205,9 +208,9 @@ class DynamicBatcher:
         with self._cond:
             self._scheduler.announce(threading.get_ident(), self._clock())
 
-    def submit(self, blob: np.ndarray, deadline: float | None = None) -> BatchResult:
+    def submit(self, blob: np.ndarray, deadline: Deadline = NO_DEADLINE) -> BatchResult:
         """Runs ``blob`` ((3,H,W) or (1,3,H,W)) in the next batch; raises QueueFull, Expired, BatcherClosed,
-        or whatever the engine raised for that batch."""
+        or whatever the engine raised for that batch. ``deadline`` is on this batcher's clock."""
         if blob.ndim == 4 and blob.shape[0] == 1:
             blob = blob[0]
         if blob.ndim != 3:

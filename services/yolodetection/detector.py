@@ -13,7 +13,9 @@ import grpc
 import numpy as np
 
 from protos import detection_v1_pb2 as v1
-from services.common.detections import Found
+from protos import timings as stage
+from protos.deadline import NO_DEADLINE, Deadline
+from services.common.detections import Detected, Found
 from services.common.errors import RequestError
 from services.common.imaging import center_color
 from services.yolodetection.batching import BatchConfig, BatcherClosed, DynamicBatcher, Expired, QueueFull
@@ -131,7 +133,7 @@ class YoloDetector:
         batcher's worker is idle before serving, so calling the engine here does not race it.
         """
         width, height = self.input_size
-        self.heads(np.full((height, width, 3), 127, dtype=np.uint8), {})
+        self.heads(np.full((height, width, 3), 127, dtype=np.uint8))
         max_batch = self.batcher.config.max_batch
         sizes, size = [], 2
         while size < max_batch:
@@ -157,14 +159,15 @@ class YoloDetector:
         self.batcher.announce()
         return 1
 
-    def heads(self, image: np.ndarray, timings_ms: dict[str, float], deadline: float | None = None) -> list[np.ndarray]:
-        """Heads of one image, run in a batch with whatever other frames meet it at the engine.
+    def heads(self, image: np.ndarray, deadline: Deadline = NO_DEADLINE) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Heads of one image, run in a batch with whatever other frames meet it at the engine, and the
+        stage times so far.
 
-        ``deadline`` (``time.monotonic``): a frame still queued then is dropped (DEADLINE_EXCEEDED).
+        ``deadline`` (on ``time.monotonic``): a frame still queued then is dropped (DEADLINE_EXCEEDED).
         """
         t0 = self.clock()
         blob = cv2.dnn.blobFromImage(image, 1 / 255.0, self.input_size, swapRB=True, crop=False)
-        timings_ms["preprocess"] = (self.clock() - t0) * 1000.0
+        preprocess_ms = (self.clock() - t0) * 1000.0
         try:
             result = self.batcher.submit(blob, deadline)
         except QueueFull as err:
@@ -176,27 +179,27 @@ class YoloDetector:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(err)) from None
         # "wait" is time queued behind other frames for the network; "dnn" is the forward pass of the
         # batch this frame ran in, and "batch" its size.
-        timings_ms["wait"] = result.wait_s * 1000.0
-        timings_ms["dnn"] = result.run_s * 1000.0
-        timings_ms["batch"] = float(result.batch_size)
-        return result.heads
+        return result.heads, {
+            stage.PREPROCESS: preprocess_ms,
+            stage.WAIT: result.wait_s * 1000.0,
+            stage.DNN: result.run_s * 1000.0,
+            stage.BATCH: float(result.batch_size),
+        }
 
-    def detect(
-        self, image: np.ndarray, scale: float, timings_ms: dict[str, float], deadline: float | None = None,
-    ) -> list[Found]:
-        heads = self.heads(image, timings_ms, deadline)
+    def detect(self, image: np.ndarray, scale: float, deadline: Deadline = NO_DEADLINE) -> Detected:
+        heads, stages_ms = self.heads(image, deadline)
         t0 = self.clock()
         frame_w, frame_h = round(image.shape[1] * scale), round(image.shape[0] * scale)
         boxes = decode_heads(heads, frame_w, frame_h, self.params.conf_threshold, self.params.nms_threshold)
-        found = [
+        found = tuple(
             Found(
                 class_name=self.class_name(b.class_id), class_id=b.class_id, confidence=b.confidence,
                 x=b.x, y=b.y, w=b.w, h=b.h, rgb=center_color(image, b.x, b.y, b.w, b.h, scale),
             )
             for b in boxes
-        ]
-        timings_ms["postprocess"] = (self.clock() - t0) * 1000.0
-        return found
+        )
+        stages_ms[stage.POSTPROCESS] = (self.clock() - t0) * 1000.0
+        return Detected(found, stages_ms)
 
     def class_name(self, class_id: int) -> str:
         return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else f"class{class_id}"

@@ -3,17 +3,25 @@
 The SDK has CPython 3.8 wheels only, so the check runs in a cached Python 3.8 virtualenv
 (``~/.cache/robomesh/py38-robomaster``, created once with ``pip install robomaster==SDK_VERSION``) and
 reports back as JSON. No robot is needed. The unit tests' fake SDK mirrors the constant values checked here.
+
+The Pi gets ``robomaster==PI_SDK_VERSION`` (``make robot-pi``: the newest with an aarch64 wheel), which cannot
+be imported here: its wheel is downloaded once (cached under ``$ROBOMESH_CACHE`` or ``~/.cache/robomesh``)
+and its Python sources are read with ``ast`` against the same lists of calls, constants and properties.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +232,167 @@ def test_bridge_runs_the_real_sdk_and_resolves_every_driver_constant() -> None:
     for name, value in constants.items():
         expected = CONSTANTS[f"robomaster.{name}"]
         assert expected is None or value == expected, name
+
+
+# ---------------------------------------------------------------- the Pi's SDK, read from its aarch64 wheel
+
+PI_SDK_VERSION = "0.1.1.62"  # the newest robomaster with an aarch64 wheel (cp38, manylinux2014): robot-pi's
+PROPERTIES = ("robomaster.robot.Robot.chassis", "robomaster.robot.Robot.led", "robomaster.robot.Robot.armor")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("ROBOMESH_CACHE") or Path.home() / ".cache" / "robomesh")
+
+
+def _pi_wheel() -> Path:
+    """The aarch64 wheel, downloaded once into the cache (atomically: a failed try leaves nothing)."""
+    folder = _cache_root() / "sdk-wheels"
+    pattern = f"robomaster-{PI_SDK_VERSION}-cp38-cp38-*aarch64*.whl"
+    found = sorted(folder.glob(pattern))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:", "--platform",
+             "manylinux2014_aarch64", "--python-version", "38", f"robomaster=={PI_SDK_VERSION}", "-d", scratch],
+            capture_output=True, text=True, timeout=240)
+        wheels = sorted(Path(scratch).glob(pattern))
+        if done.returncode != 0 or not wheels:
+            log = "\n".join(line for line in done.stderr.splitlines() if "is ignored" not in line)
+            pytest.skip(f"cannot download robomaster=={PI_SDK_VERSION} for aarch64 (PyPI unreachable?): {log[-800:]}")
+        target = folder / wheels[0].name
+        wheels[0].replace(target)
+    return target
+
+
+def _signature(function: ast.FunctionDef) -> inspect.Signature:
+    """The signature ``def`` declares (defaults stand as their source text), as inspect would build it."""
+    args = function.args
+    positional = [*args.posonlyargs, *args.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    def value(default: ast.expr | None) -> Any:
+        return inspect.Parameter.empty if default is None else ast.unparse(default)
+
+    parameters = []
+    for index, (arg, default) in enumerate(zip(positional, defaults, strict=True)):
+        kind = inspect.Parameter.POSITIONAL_ONLY if index < len(args.posonlyargs) else (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        parameters.append(inspect.Parameter(arg.arg, kind, default=value(default)))
+    if args.vararg:
+        parameters.append(inspect.Parameter(args.vararg.arg, inspect.Parameter.VAR_POSITIONAL))
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
+        parameters.append(inspect.Parameter(arg.arg, inspect.Parameter.KEYWORD_ONLY, default=value(default)))
+    if args.kwarg:
+        parameters.append(inspect.Parameter(args.kwarg.arg, inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(parameters)
+
+
+class SdkSource:
+    """A package's modules parsed from a wheel: classes, methods (through base classes) and module constants."""
+
+    def __init__(self, wheel: Path) -> None:
+        with zipfile.ZipFile(wheel) as archive:
+            self.modules = {name.removesuffix(".py").replace("/", "."): ast.parse(archive.read(name), name)
+                            for name in archive.namelist() if name.startswith("robomaster/") and name.endswith(".py")}
+
+    def cls(self, module: str, name: str) -> tuple[str, ast.ClassDef] | None:
+        tree = self.modules.get(module)
+        found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name] if tree else []
+        return (module, found[-1]) if found else None
+
+    def method(self, module: str, class_name: str, name: str) -> ast.FunctionDef | None:
+        """``name`` on the class or the first base class (same module, or ``from . import mod``'s mod.Class)."""
+        located = self.cls(module, class_name)
+        if located is None:
+            return None
+        home, node = located
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef) and item.name == name:
+                return item
+        for base in node.bases:
+            if isinstance(base, ast.Name):
+                found = self.method(home, base.id, name)
+            elif isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+                found = self.method(f"robomaster.{base.value.id}", base.attr, name)
+            else:
+                found = None
+            if found is not None:
+                return found
+        return None
+
+    def constant(self, dotted: str) -> tuple[bool, Any]:
+        """(assigned at module level, its literal value or None)."""
+        module, _, name = dotted.rpartition(".")
+        for node in self.modules.get(module, ast.Module(body=[], type_ignores=[])).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                try:
+                    return True, ast.literal_eval(node.value) if node.value is not None else None
+                except ValueError:
+                    return True, None
+        return False, None
+
+
+def source_problems(sdk: SdkSource) -> list[str]:
+    """What the driver uses (CALLS, CONSTANTS, PROPERTIES) and the SDK's source does not declare so."""
+    problems = []
+    for module, path, args, kwargs in CALLS:
+        class_name, _, method = path.partition(".")
+        if module not in sdk.modules:
+            problems.append(f"{module}: no such module")
+            continue
+        if sdk.cls(module, class_name) is None:
+            problems.append(f"{module}.{class_name}: no such class")
+            continue
+        function = sdk.method(module, class_name, method)
+        if function is None:
+            if method != "__init__":  # object.__init__ takes no arguments
+                problems.append(f"{module}.{path}: no such method")
+            elif args or kwargs:
+                problems.append(f"{module}.{path}: takes no arguments")
+            continue
+        try:
+            _signature(function).bind(None, *args, **kwargs)
+        except TypeError as exc:
+            problems.append(f"{module}.{path}{tuple(args)!r}{kwargs!r}: {exc}")
+    for dotted, expected in CONSTANTS.items():
+        assigned, value = sdk.constant(dotted)
+        if not assigned:
+            problems.append(f"{dotted}: not assigned")
+        elif expected is not None and value != expected:
+            problems.append(f"{dotted} == {value!r}, expected {expected!r}")
+    for dotted in PROPERTIES:
+        module, class_name, name = dotted.rsplit(".", 2)
+        function = sdk.method(module, class_name, name)
+        if function is None or not any(isinstance(d, ast.Name) and d.id == "property" for d in function.decorator_list):
+            problems.append(f"{dotted} is not a property")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def pi_sdk() -> SdkSource:
+    return SdkSource(_pi_wheel())
+
+
+@pytest.mark.slow
+def test_the_pi_sdk_declares_every_call_constant_and_property_the_driver_uses(pi_sdk: SdkSource) -> None:
+    assert {"robomaster.robot", "robomaster.chassis", "robomaster.led", "robomaster.armor"} <= set(pi_sdk.modules)
+    assert source_problems(pi_sdk) == []
+
+
+@pytest.mark.slow
+def test_the_source_check_finds_what_is_missing(pi_sdk: SdkSource) -> None:
+    """The static check is not vacuous: a renamed keyword, a missing method and a wrong constant are reported."""
+    robot = pi_sdk.method("robomaster.robot", "Robot", "initialize")
+    assert robot is not None and "conn_type" in _signature(robot).parameters
+    # Found through the base class (chassis.ChassisMoveAction(action.Action)).
+    assert pi_sdk.method("robomaster.chassis", "ChassisMoveAction", "wait_for_completed") is not None
+    assert pi_sdk.constant("robomaster.robot.CHASSIS_LEAD") == (True, "chassis_lead")
+    assert pi_sdk.constant("robomaster.robot.NO_SUCH_THING") == (False, None)
+    assert pi_sdk.method("robomaster.chassis", "Chassis", "no_such_method") is None
+    drive = pi_sdk.method("robomaster.chassis", "Chassis", "drive_speed")
+    assert drive is not None
+    with pytest.raises(TypeError):
+        _signature(drive).bind(None, speed=1.0)  # a keyword the SDK does not take

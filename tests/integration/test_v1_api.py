@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from protos import detection_v1_pb2 as v1
+from protos import timings as stage
 from services.launcher import LocalStack
 from tests.integration.conftest import ASTRONAUT_FACE, CALL_TIMEOUT_S, box, iou, rpc_error, v1_request
 
@@ -83,6 +84,10 @@ def test_timings_cover_every_stage(astronaut_reply: v1.DetectResponse) -> None:
                 "yolo.decode", "yolo.dnn", "yolo.total"):
         assert key in timings, sorted(timings)
         assert timings[key] >= 0
+    # Exactly the keys protos.timings declares (the robot's pacing parses them back): no stage unlisted.
+    declared = {*stage.AGGREGATOR_STAGES, *(stage.detector_key(detector, name)
+                                            for detector, names in stage.DETECTOR_STAGES.items() for name in names)}
+    assert set(timings) == declared
     assert timings["total"] >= max(timings["face"], timings["yolo"])
     # A detector's own total is part of the round trip the aggregator measured.
     assert timings["face"] >= timings["face.total"]

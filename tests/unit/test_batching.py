@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from protos.deadline import Deadline
 from services.yolodetection.batching import (
     BatchConfig,
     BatcherClosed,
@@ -139,16 +140,17 @@ def test_a_full_queue_refuses_without_queueing() -> None:
 
 def test_frames_past_their_deadline_are_dropped_not_run() -> None:
     s = scheduler()
-    s.offer("late", now=0.0, deadline=0.5)
-    s.offer("ok", now=0.0, deadline=5.0)
+    s.offer("late", now=0.0, deadline=Deadline(0.5))
+    s.offer("on-time", now=0.0, deadline=Deadline(1.0))  # passes at 1.0 exactly: expired then
+    s.offer("ok", now=0.0, deadline=Deadline(5.0))
     s.offer("no-deadline", now=0.0)
     decision = s.decide(1.0)
-    assert decision.expired == ["late"] and decision.run == ["ok", "no-deadline"]
+    assert decision.expired == ["late", "on-time"] and decision.run == ["ok", "no-deadline"]
 
 
 def test_expired_frames_make_room_in_a_full_queue() -> None:
     s = scheduler(max_queue=1)
-    s.offer("late", now=0.0, deadline=0.5)
+    s.offer("late", now=0.0, deadline=Deadline(0.5))
     assert s.offer("new", now=1.0) == ["late"]
     assert s.decide(1.0).run == ["new"]
 
@@ -260,7 +262,7 @@ def test_a_frame_whose_deadline_passed_in_the_queue_is_not_computed(pool: Thread
     engine = GatedEngine()
     batcher = DynamicBatcher(engine, BatchConfig(max_batch=8), clock=lambda: now[0])
     first = start_with_engine_busy(batcher, engine, pool)
-    late = pool.submit(batcher.submit, image(1.0), 0.5)
+    late = pool.submit(batcher.submit, image(1.0), Deadline(0.5))
     eventually(lambda: batcher.queued() == 1)
     now[0] = 1.0  # the deadline passes while the engine is busy
     engine.gate.set()

@@ -36,7 +36,7 @@ def target_boxes(model_paths: ModelPaths, clip: list[np.ndarray]) -> dict[int, B
     selector = TargetSelector("person")
     boxes: dict[int, Box] = {}
     for n, frame in enumerate(clip):
-        found = detector.detect(frame, 1.0, {})
+        found = detector.detect(frame, 1.0).found
         tracks = tracker.update([Detection(f.class_name, f.confidence, Box(f.x, f.y, f.w, f.h)) for f in found], n)
         target = selector.select(tracks)
         if target is not None and target.last_seen == n:

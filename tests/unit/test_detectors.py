@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from protos import timings as stage
 from services.facedetection.detector import FaceParams, HaarFaceDetector, level_weight_confidence
 from services.yolodetection.detector import YoloDetector, YoloParams
 from services.yolodetection.engines import DeviceUnavailable, EngineRequest
@@ -30,12 +31,16 @@ def yolo(model_paths: ModelPaths) -> YoloDetector:
 
 def test_haar_finds_the_astronauts_face(face_detector: HaarFaceDetector, data_dir: Path) -> None:
     image = cv2.imread(str(data_dir / "astronaut.png"))
-    timings: dict[str, float] = {}
-    (face,) = face_detector.detect(image, 1.0, timings)
+    detected = face_detector.detect(image, 1.0)
+    (face,) = detected.found
     assert iou((face.x, face.y, face.w, face.h), (176, 66, 95, 95)) > 0.7
     assert 0.5 < face.confidence < 1.0
     assert face.rgb == tuple(int(v) for v in image[face.y + face.h // 2, face.x + face.w // 2][::-1])
-    assert timings["haar"] > 0
+    # The detector returns its own stages (the core adds decode and total); the caller's dict is not touched.
+    assert list(detected.stages_ms) == [stage.WAIT, stage.HAAR]
+    assert detected.stages_ms[stage.HAAR] > 0 and detected.stages_ms[stage.WAIT] >= 0
+    with pytest.raises(TypeError):
+        detected.stages_ms[stage.HAAR] = 0.0  # type: ignore[index]  # a returned value, read-only
 
 
 def test_haar_boxes_map_back_from_a_reduced_image(face_detector: HaarFaceDetector, data_dir: Path) -> None:
@@ -43,7 +48,7 @@ def test_haar_boxes_map_back_from_a_reduced_image(face_detector: HaarFaceDetecto
     half = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     detector = HaarFaceDetector(FaceParams(min_size=48))
     assert detector.decode_reduction(512, 512) == 2
-    (face,) = detector.detect(half, 2.0, {})
+    (face,) = detector.detect(half, 2.0).found
     assert iou((face.x, face.y, face.w, face.h), (176, 66, 95, 95)) > 0.6
 
 
@@ -81,7 +86,7 @@ def test_downscaled_default_finds_the_faces_full_resolution_finds(data_dir: Path
         found = {}
         for name, detector in (("fast", fast), ("full", full)):
             reduce = detector.decode_reduction(info.width, info.height)
-            found[name] = detector.detect(decode_jpeg(jpeg, info, reduce), float(reduce), {})
+            found[name] = detector.detect(decode_jpeg(jpeg, info, reduce), float(reduce)).found
         if found["full"]:
             with_face += 1
             kept += bool(found["fast"])
@@ -100,7 +105,10 @@ def test_face_parameters_are_checked() -> None:
 def test_yolo_finds_the_pedestrians_of_vtest(yolo: YoloDetector, vtest_frames: list[np.ndarray]) -> None:
     persons = []
     for frame in vtest_frames:
-        found = yolo.detect(frame, 1.0, {})
+        detected = yolo.detect(frame, 1.0)
+        found = detected.found
+        assert set(detected.stages_ms) == set(stage.YOLO_STAGES) - {stage.DECODE, stage.TOTAL}
+        assert detected.stages_ms[stage.DNN] > 0 and detected.stages_ms[stage.BATCH] == 1.0
         persons.append(sum(f.class_name == "person" for f in found))
         for f in found:
             assert f.x >= 0 and f.y >= 0 and f.x + f.w <= frame.shape[1] and f.y + f.h <= frame.shape[0]
@@ -134,8 +142,8 @@ def test_cuda_backend_gives_the_cpu_detections(model_paths: ModelPaths, vtest_fr
                                   engine=EngineRequest(device="cuda")))
     assert gpu.device == "opencv:cuda:fp32"
     for frame in vtest_frames[:3]:
-        a = [(f.class_id, f.x, f.y) for f in cpu.detect(frame, 1.0, {})]
-        b = [(f.class_id, f.x, f.y) for f in gpu.detect(frame, 1.0, {})]
+        a = [(f.class_id, f.x, f.y) for f in cpu.detect(frame, 1.0).found]
+        b = [(f.class_id, f.x, f.y) for f in gpu.detect(frame, 1.0).found]
         assert len(a) == len(b)
 
 

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from protos import detection_v1_pb2 as v1
+from protos.deadline import NO_DEADLINE, Deadline
 from services.common.errors import RequestError
 from services.common.rpc import Loaded, checked_max_results
 from services.objectdetection.fanout import REPLY_MARGIN_S, FanOut
@@ -94,10 +95,13 @@ def test_a_frame_every_detector_refuses_as_overloaded_is_refused_as_overloaded()
 
 def test_detector_timeout_follows_the_callers_deadline() -> None:
     fanout = FanOut([], default_timeout_s=1.0)
-    assert fanout.timeout_for(None) == 1.0
-    assert fanout.timeout_for(5.0) == 1.0
-    assert fanout.timeout_for(0.3) == pytest.approx(0.3 - REPLY_MARGIN_S)
-    assert fanout.timeout_for(0.001) == 0.0
+    now = 100.0
+    assert fanout.timeout_for(NO_DEADLINE, now) == 1.0  # a caller without a deadline: --detector-timeout
+    assert fanout.timeout_for(Deadline.after(5.0, now), now) == 1.0
+    assert fanout.timeout_for(Deadline.after(0.3, now), now) == pytest.approx(0.3 - REPLY_MARGIN_S)
+    # Time spent in the aggregator since the call arrived comes off the detectors' share.
+    assert fanout.timeout_for(Deadline.after(0.3, now), now + 0.1) == pytest.approx(0.2 - REPLY_MARGIN_S)
+    assert fanout.timeout_for(Deadline.after(0.001, now), now) == 0.0
 
 
 def test_max_results_zero_means_the_limit_and_out_of_range_is_refused() -> None:

@@ -5,9 +5,27 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
-from robotclient.runtime.records import FIELDS, CsvLog, FrameRecord, percentile, read_csv, summarize
+from robotclient import sampledata
+from robotclient.runtime.controller import ControlParams
+from robotclient.runtime.model import Box, CapturedFrame, Detection, DetectionResult
+from robotclient.runtime.records import (
+    FIELDS,
+    CsvLog,
+    FrameRecord,
+    make_record,
+    percentile,
+    read_csv,
+    summarize,
+)
+from robotclient.runtime.session import FollowSession, SessionConfig
+from robotclient.runtime.statemachine import StateTimings
+
+NO_TARGET = {"target_x": None, "target_y": None, "target_w": None, "target_h": None, "offset_x": None,
+             "target_size": None}
 
 
 def record(frame: int, capture_s: float, state: str = "search", *, rtt_ms: float | None = None,
@@ -15,8 +33,8 @@ def record(frame: int, capture_s: float, state: str = "search", *, rtt_ms: float
            error: str = "") -> FrameRecord:
     answered = rtt_ms is not None
     return FrameRecord(frame=frame, capture_s=capture_s, result_frame=frame if answered else None, rtt_ms=rtt_ms,
-                       age_ms=age_ms, detections=detections, track_ids="", target_id=target_id, state=state,
-                       cmd_x=0.0, cmd_y=0.0, cmd_z=0.0, served_by="", carried=False, error=error)
+                       age_ms=age_ms, detections=detections, track_ids="", target_id=target_id, **NO_TARGET,
+                       state=state, cmd_x=0.0, cmd_y=0.0, cmd_z=0.0, served_by="", carried=False, error=error)
 
 
 # ---------------------------------------------------------------- percentile
@@ -114,16 +132,84 @@ def test_summary_rounds_to_hundredths() -> None:
     assert summary["age_ms"]["p95"] == 20.01
 
 
+def test_summary_keys_are_unchanged_by_the_new_columns() -> None:
+    records = [record(0, 0.0, rtt_ms=10.0, age_ms=20.0, target_id=1), record(1, 0.1)]
+    assert list(summarize(records, wall_s=1.0, handovers=0)) == [
+        "frames", "answered", "failed", "wall_s", "fps", "rtt_ms", "age_ms", "detections_per_answer", "handovers",
+        "edges", "time_per_state_s", "target_ids", "frames_with_target"]
+
+
+# ---------------------------------------------------------------- make_record on a real session
+
+
+@pytest.fixture(scope="module")
+def pedestrians(data_dir: Path) -> list[tuple[np.ndarray, list[Box]]]:
+    """Three vtest frames and the people OpenCV's HOG detector finds in them (two, right of centre)."""
+    hog = cv2.HOGDescriptor()
+    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+    found = []
+    for image in sampledata.read_frames(data_dir / "vtest.avi", 3, start=200):
+        rects, _ = hog.detectMultiScale(image, winStride=(8, 8))
+        found.append((image, [Box(*(float(v) for v in r)) for r in rects]))
+    assert all(boxes for _, boxes in found)
+    return found
+
+
+def test_make_record_logs_the_target_box_and_what_the_controller_acted_on(
+    pedestrians: list[tuple[np.ndarray, list[Box]]], tmp_path: Path
+) -> None:
+    start = 50.0
+    session = FollowSession(SessionConfig(timings=StateTimings(wakeup_s=0.0)), start=start)
+    first_image = pedestrians[0][0]
+    height, width = first_image.shape[:2]
+    before = CapturedFrame(0, start, first_image)
+    records = [make_record(before, session.on_frame(before, start), start=start)]  # no reply yet
+    decisions = []
+    for n, (image, boxes) in enumerate(pedestrians, start=1):
+        frame = CapturedFrame(n, start + 0.1 * n, image)
+        received = frame.captured_at + 0.05
+        result = DetectionResult(frame, frame.captured_at, received, tuple(Detection("person", 0.9, b) for b in boxes))
+        session.on_result(result)
+        decision = session.on_frame(frame, received)
+        decisions.append(decision)
+        records.append(make_record(frame, decision, result, start=start))
+
+    assert all(getattr(records[0], name) is None for name in NO_TARGET)
+    last, decision = records[-1], decisions[-1]
+    assert last.state == "follow" and decision.target is not None and decision.view is not None
+    assert (last.target_x, last.target_y, last.target_w, last.target_h) == decision.target.box.as_int()
+    assert max(decision.target.box.iou(b) for b in pedestrians[-1][1]) > 0.5  # a person HOG found
+    # Recomputed here from the logged integer box: the offsets are the frame-relative ones the controller got.
+    assert last.target_x is not None and last.target_w is not None and last.target_h is not None
+    assert last.offset_x == pytest.approx(2 * (last.target_x + last.target_w / 2) / width - 1, abs=2 / width)
+    assert last.target_size == pytest.approx(last.target_h / height, abs=1 / height)
+    assert last.offset_x == round(decision.view.offset, 4) and last.target_size == round(decision.view.size, 4)
+    # The people walk right of centre: the yaw command turns towards the logged offset.
+    assert last.offset_x > ControlParams().yaw_deadband
+    assert last.cmd_z > 0
+    assert (last.capture_s, last.rtt_ms, last.result_frame) == (0.3, 50.0, 3)
+
+    path = tmp_path / "frames.csv"
+    with CsvLog(path) as log:
+        for r in records:
+            log.write(r)
+    rows = read_csv(path)
+    assert rows[0]["target_x"] == rows[0]["offset_x"] == rows[0]["target_size"] == ""
+    assert int(rows[-1]["target_w"]) == last.target_w
+    assert float(rows[-1]["offset_x"]) == last.offset_x
+
+
 # ---------------------------------------------------------------- CSV
 
 
 def test_csv_log_round_trip(tmp_path: Path) -> None:
     answered = FrameRecord(frame=12, capture_s=1.25, result_frame=11, rtt_ms=40.5, age_ms=61.25, detections=3,
-                           track_ids="1 4", target_id=4, state="follow", cmd_x=0.3, cmd_y=0.0, cmd_z=-12.5,
+                           track_ids="1 4", target_id=4, target_x=120, target_y=80, target_w=60, target_h=150,
+                           offset_x=-0.4375, target_size=0.3125, state="follow", cmd_x=0.3, cmd_y=0.0, cmd_z=-12.5,
                            served_by="edge-1/pod-a/10.0.0.1", carried=True, error="")
     failed = FrameRecord(frame=13, capture_s=1.35, result_frame=None, rtt_ms=None, age_ms=None, detections=0,
-                         track_ids="", target_id=None, state="search", cmd_x=0.0, cmd_y=0.0, cmd_z=20.0,
-                         served_by="", carried=False, error="DEADLINE_EXCEEDED: Deadline, exceeded")
+                         track_ids="", target_id=None, **NO_TARGET, state="search", cmd_x=0.0, cmd_y=0.0,
+                         cmd_z=20.0, served_by="", carried=False, error="DEADLINE_EXCEEDED: Deadline, exceeded")
     path = tmp_path / "logs" / "run.csv"  # the folder is created
     with CsvLog(path) as log:
         log.write(answered)
@@ -134,11 +220,14 @@ def test_csv_log_round_trip(tmp_path: Path) -> None:
     rows = read_csv(path)
     assert list(rows[0]) == FIELDS == [f.name for f in dataclasses.fields(FrameRecord)]
     assert rows[0] == {"frame": "12", "capture_s": "1.25", "result_frame": "11", "rtt_ms": "40.5", "age_ms": "61.25",
-                       "detections": "3", "track_ids": "1 4", "target_id": "4", "state": "follow", "cmd_x": "0.3",
+                       "detections": "3", "track_ids": "1 4", "target_id": "4", "target_x": "120",
+                       "target_y": "80", "target_w": "60", "target_h": "150", "offset_x": "-0.4375",
+                       "target_size": "0.3125", "state": "follow", "cmd_x": "0.3",
                        "cmd_y": "0.0", "cmd_z": "-12.5", "served_by": "edge-1/pod-a/10.0.0.1", "carried": "True",
                        "error": ""}
     # None becomes an empty cell; a comma in the error text survives the quoting.
     assert rows[1]["result_frame"] == rows[1]["rtt_ms"] == rows[1]["age_ms"] == rows[1]["target_id"] == ""
+    assert all(rows[1][name] == "" for name in NO_TARGET)
     assert rows[1]["error"] == "DEADLINE_EXCEEDED: Deadline, exceeded"
     assert rows[1]["carried"] == "False"
 

@@ -120,7 +120,7 @@ def test_carry_forward_moves_the_target_box_on_frames_newer_than_the_reply(data_
 
     images = read_frames(data_dir / "vtest.avi", 4, start=600)
     detector = YoloDetector(YoloParams(model_paths.cfg, model_paths.weights, model_paths.names))
-    found = [f for f in detector.detect(images[0], 1.0, {}) if f.class_name == "person"]
+    found = [f for f in detector.detect(images[0], 1.0).found if f.class_name == "person"]
     largest = max(found, key=lambda f: f.w * f.h)
     session = searching(replace(CONFIG, carry="csrt"))
     first = frame(600, 0.0, images[0])
@@ -129,7 +129,7 @@ def test_carry_forward_moves_the_target_box_on_frames_newer_than_the_reply(data_
     carried = [session.on_frame(frame(600 + k, 0.1 * k, images[k]), 0.1 * k + 0.01) for k in (1, 2, 3)]
     assert all(d.carried for d in carried)
     assert all(d.target is not None and d.target.track_id == carried[0].target.track_id for d in carried)
-    later = [f for f in detector.detect(images[3], 1.0, {}) if f.class_name == "person"]
+    later = [f for f in detector.detect(images[3], 1.0).found if f.class_name == "person"]
     truth = max(later, key=lambda f: Box(f.x, f.y, f.w, f.h).iou(start_box))
     truth_box = Box(truth.x, truth.y, truth.w, truth.h)
     assert carried[-1].target.box.iou(truth_box) >= start_box.iou(truth_box) - 0.05

@@ -280,7 +280,7 @@ def test_yolo_finds_the_rendered_person_where_the_world_says(
             world = at_bearing(sprite, pose, bearing, distance, background=panorama, floor=floor)
             truth = world.target_box(pose, 0.0)
             assert truth is not None
-            persons = [f for f in yolo.detect(world.render(pose, 0.0), 1.0, {}) if f.class_name == "person"]
+            persons = [f for f in yolo.detect(world.render(pose, 0.0), 1.0).found if f.class_name == "person"]
             best = max((Box(f.x, f.y, f.w, f.h).iou(truth) for f in persons), default=0.0)
             renders += 1
             if best >= 0.5:
@@ -297,5 +297,5 @@ def test_the_background_alone_has_no_person(
     world = SimWorld(block, PersonPath([(0.0, 0.0)]), background=panorama, floor=floor)
     for k in range(8):
         pose = Pose(0.4 * k, -0.3 * k, 2 * math.pi * k / 8 + 0.2)
-        found = yolo.detect(world.render_background(pose), 1.0, {})
+        found = yolo.detect(world.render_background(pose), 1.0).found
         assert not [f for f in found if f.class_name == "person"], f"heading {pose.heading:.2f}: {found}"

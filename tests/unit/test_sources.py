@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +23,7 @@ from robotclient.runtime.sources import (
     RaspicamSource,
     SourceError,
     WebcamSource,
+    boottime,
     open_source,
 )
 
@@ -172,9 +176,13 @@ def test_webcam_sets_size_and_rate_and_a_stalled_camera_raises() -> None:
 
 
 class FakePicamera2Module:
-    """Just enough of picamera2 to check configuration, conversion and buffer release."""
+    """Just enough of picamera2 to check configuration, conversion, buffer release and the request metadata.
 
-    def __init__(self) -> None:
+    ``metadata(n)`` gives the metadata of the n-th request (1-based), as picamera2's
+    ``CompletedRequest.get_metadata()`` does; by default it has no SensorTimestamp.
+    """
+
+    def __init__(self, metadata: Callable[[int], dict] = lambda n: {}) -> None:
         self.cameras: list = []
         module = self
 
@@ -210,13 +218,15 @@ class FakePicamera2Module:
                 width, height = self.config["main"]["size"]
                 pixel = np.array([10 + self.requests, 20, 30, 255], np.uint8)  # [B, G, R, X]
                 buffer = np.broadcast_to(pixel, (height, width, 4))
-                request = SimpleNamespace(make_array=lambda name: buffer if name == "main" else None)
+                request = SimpleNamespace(make_array=lambda name: buffer if name == "main" else None,
+                                          get_metadata=lambda n=self.requests: dict(module.metadata(n)))
                 try:
                     yield request
                 finally:
                     self.released += 1
 
         self.Picamera2 = Picamera2
+        self.metadata = metadata
 
 
 def test_raspicam_configures_xrgb_converts_to_bgr_and_releases_every_request() -> None:
@@ -241,6 +251,93 @@ def test_raspicam_configures_xrgb_converts_to_bgr_and_releases_every_request() -
     assert image.flags["C_CONTIGUOUS"] and image.flags["OWNDATA"]
     assert tuple(image[5, 7]) == (12, 20, 30)  # B, G, R kept in OpenCV order, X dropped
     assert camera.stopped and camera.closed
+
+
+class FakeBoottime:
+    """CLOCK_BOOTTIME of a Pi up for an hour, moving in step with the FakeClock (another origin, same rate)."""
+
+    def __init__(self, clock: FakeClock, up_s: float = 3600.0) -> None:
+        self.clock, self.offset = clock, up_s - clock.now
+
+    def __call__(self) -> float:
+        return self.clock.now + self.offset
+
+    def ns_before_now(self, seconds: float) -> int:
+        return round((self() - seconds) * 1e9)
+
+
+def test_raspicam_backdates_each_frame_to_its_sensor_timestamp(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    boot = FakeBoottime(clock)
+    lags = {1: 0.045, 2: 0.080, 3: 0.0}  # exposure-to-dequeue delay of each request, as the sensor saw it
+    fake = FakePicamera2Module(metadata=lambda n: {"SensorTimestamp": boot.ns_before_now(lags[n]),
+                                                   "ExposureTime": 20000})
+    with caplog.at_level("WARNING"), RaspicamSource(clock=clock, sensor_clock=boot, picamera2_module=fake) as cam:
+        frames = []
+        for _ in range(3):
+            frames.append(cam.read())
+            assert cam.stamped_by == "sensor"
+            clock.now += 0.1
+    assert [f.captured_at for f in frames] == pytest.approx([100.0 - 0.045, 100.1 - 0.080, 100.2], abs=1e-6)
+    assert fake.cameras[0].requests == fake.cameras[0].released == 3
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(("metadata", "why"), [
+    ({"ExposureTime": 20000}, "no SensorTimestamp"),
+    ({"SensorTimestamp": None}, "no SensorTimestamp"),
+    ({"SensorTimestamp": 12345.0}, "no SensorTimestamp"),  # not libcamera's int64
+    ("ahead", r"SensorTimestamp is -1\.000 s behind"),  # a stamp from the future: another clock
+    ("stale", r"SensorTimestamp is \+30\.000 s behind"),  # e.g. CLOCK_MONOTONIC after a suspend
+])
+def test_raspicam_without_a_usable_sensor_timestamp_stamps_at_dequeue_and_says_so_once(
+    metadata: object, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    boot = FakeBoottime(clock)
+    offsets = {"ahead": -1.0, "stale": 30.0}
+
+    def made(n: int) -> dict:
+        if isinstance(metadata, str):
+            return {"SensorTimestamp": boot.ns_before_now(offsets[metadata])}
+        assert isinstance(metadata, dict)
+        return metadata
+
+    fake = FakePicamera2Module(metadata=made)
+    with caplog.at_level("WARNING"), RaspicamSource(clock=clock, sensor_clock=boot, picamera2_module=fake) as cam:
+        stamps = []
+        for _ in range(3):
+            stamps.append(cam.read().captured_at)
+            assert cam.stamped_by == "dequeue"
+            clock.now += 0.1
+    assert stamps == pytest.approx([100.0, 100.1, 100.2])
+    assert len(caplog.records) == 1
+    assert caplog.records[0].message.startswith("raspicam: ")
+    assert re.search(why, caplog.records[0].message), caplog.records[0].message
+    assert "stamped when dequeued" in caplog.records[0].message
+
+
+def test_raspicam_without_clock_boottime_stamps_at_dequeue(caplog: pytest.LogCaptureFixture) -> None:
+    def no_boottime() -> float:
+        raise AttributeError("module 'time' has no attribute 'CLOCK_BOOTTIME'")
+
+    clock = FakeClock()
+    fake = FakePicamera2Module(metadata=lambda n: {"SensorTimestamp": 1})
+    with caplog.at_level("WARNING"), RaspicamSource(clock=clock, sensor_clock=no_boottime,
+                                                    picamera2_module=fake) as cam:
+        assert cam.read().captured_at == 100.0
+        assert cam.stamped_by == "dequeue"
+    assert "no CLOCK_BOOTTIME" in caplog.text
+
+
+def test_boottime_is_the_kernel_clock_that_runs_with_monotonic() -> None:
+    # The conversion needs only that both clocks advance together; BOOTTIME >= MONOTONIC (it adds suspends).
+    before = time.monotonic()
+    boot = boottime()
+    after = time.monotonic()
+    assert boot >= before - 1e-3
+    assert boot == pytest.approx(time.clock_gettime(time.CLOCK_BOOTTIME), abs=0.5)
+    assert after - before < 0.5
 
 
 def test_raspicam_without_picamera2_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -189,7 +189,7 @@ def test_real_pedestrians_keep_stable_ids(model_paths: ModelPaths, data_dir: Pat
     person_detections = 0
     matched_by_frame: list[dict[int, Box]] = []
     for n, frame in enumerate(frames):
-        found = detector.detect(frame, 1.0, {})
+        found = detector.detect(frame, 1.0).found
         detections = [Detection(f.class_name, f.confidence, Box(f.x, f.y, f.w, f.h), "yolo") for f in found]
         person_detections += sum(d.class_name == "person" for d in detections)
         now = n * DT

@@ -308,6 +308,8 @@ def test_bottleneck_without_a_total_is_the_sum_of_the_working_stages() -> None:
     # "wait" is queueing, not work: it is neither summed nor subtracted from the working stages.
     assert bottleneck_ms({"yolo.decode": 5.0, "yolo.dnn": 50.0, "yolo.wait": 20.0}) == pytest.approx(55.0)
     assert bottleneck_ms({"face.decode": 3.0, "face.haar": 30.0}) == pytest.approx(33.0)
+    # "batch" is a frame count, not milliseconds.
+    assert bottleneck_ms({"yolo.dnn": 50.0, "yolo.batch": 4.0, "yolo.wait": 3.0}) == pytest.approx(50.0)
 
 
 def test_bottleneck_falls_back_to_the_total_then_to_zero() -> None:
