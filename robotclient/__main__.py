@@ -207,6 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if live is not None:
             live.stop()
     print(json.dumps(summary, indent=2))
+    if run.video is not None:
+        print(f"wrote {run.video.path}", file=sys.stderr)
     return 0
 
 
@@ -214,6 +216,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from robotclient.runtime import loop
     from robotclient.runtime.drivers.safety import SafeRobot
     from robotclient.runtime.offload import OffloadClient
+    from robotclient.runtime.outputs import write_timeline
     from robotclient.runtime.runner import RobotRun, RunOptions
     from robotclient.runtime.session import FollowSession
     from robotclient.sim.robot import SimulatedRobot
@@ -252,7 +255,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        loop.write_timeline(run.records, out / "timeline.png", f"sim: {args.target_class} at {args.fps:g} fps")
+        timeline = write_timeline(run.records, out / "timeline.png", f"sim: {args.target_class} at {args.fps:g} fps")
+        written = [out / "frames.csv", run.video.path if run.video else None, timeline, out / "summary.json"]
+        print(f"wrote {', '.join(str(p) for p in written if p is not None)}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -398,6 +398,9 @@ def run_phases(
     try:
         for index, phase in enumerate(phases):
             if index > 0:
+                # While the step is applied (until the mesh routes by it), calls belong to neither phase: the
+                # old phase's label on a call routed by the new rule would read as a wrong split.
+                board.set(f"switching to {phase.name}")
                 service = (applier.apply(phase) if applier else None) or service
                 board.set(phase.name)
             began = clock() - start

@@ -30,7 +30,8 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         --no-sdk) SDK=0 ;;
         -h | --help)
-            sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            # The comment block under the shebang.
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
             exit 0
             ;;
         *)
@@ -136,38 +137,40 @@ run "$ROBOT_VENV/bin/python" -c \
 run "$ROBOT_VENV/bin/robotclient" --help
 
 # ---------------------------------------------------------------- 3. .venv-sdk: Python 3.8 + the RoboMaster SDK
-if [ "$SDK" = 0 ]; then
-    say "--no-sdk: no RoboMaster SDK (use --robot null or sim)"
-    cat <<EOF
-The robot client:  $ROBOT_VENV/bin/robotclient
-Check it against a mesh (camera -> mesh -> tracker, no robot):
-  $ROBOT_VENV/bin/robotclient run -i raspicam --robot null -n --server HOST:PORT
-EOF
-    exit 0
-fi
-UV=$ROBOT_VENV/bin/uv
-if [ -x "$UV" ]; then
-    say "uv is installed in $ROBOT_VENV"
-else
-    run "$ROBOT_VENV/bin/python" -m pip install uv
-fi
-run "$UV" python install "$SDK_PYTHON_VERSION"
-if [ -x "$SDK_VENV/bin/python" ] && "$SDK_VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 8))'; then
-    say "$SDK_VENV exists (Python $SDK_PYTHON_VERSION)"
-else
-    if [ -e "$SDK_VENV" ]; then
-        run rm -rf "$SDK_VENV"
+install_sdk() {
+    local uv=$ROBOT_VENV/bin/uv
+    if [ -x "$uv" ]; then
+        say "uv is installed in $ROBOT_VENV"
+    else
+        run "$ROBOT_VENV/bin/python" -m pip install uv
     fi
-    run "$UV" venv -p "$SDK_PYTHON_VERSION" "$SDK_VENV"
+    run "$uv" python install "$SDK_PYTHON_VERSION"
+    if [ -x "$SDK_VENV/bin/python" ] \
+        && "$SDK_VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 8))'; then
+        say "$SDK_VENV exists (Python $SDK_PYTHON_VERSION)"
+    else
+        if [ -e "$SDK_VENV" ]; then
+            run rm -rf "$SDK_VENV"
+        fi
+        run "$uv" venv -p "$SDK_PYTHON_VERSION" "$SDK_VENV"
+    fi
+    # 0.1.1.62's wheel declares no dependencies, but robomaster.robot imports numpy and cv2 (its camera module).
+    run "$uv" pip install --python "$SDK_VENV/bin/python" "robomaster==$SDK_VERSION" numpy opencv-python-headless
+    run "$SDK_VENV/bin/python" -c \
+        'import robomaster.robot, robomaster.version; print("robomaster", robomaster.version.__version__)'
+}
+
+if [ "$SDK" = 1 ]; then
+    install_sdk
+else
+    say "--no-sdk: no RoboMaster SDK (--robot null or sim only)"
 fi
-# 0.1.1.62's wheel declares no dependencies, but robomaster.robot imports numpy and cv2 (its camera module).
-run "$UV" pip install --python "$SDK_VENV/bin/python" "robomaster==$SDK_VERSION" numpy opencv-python-headless
-run "$SDK_VENV/bin/python" -c 'import robomaster.robot, robomaster.version; print("robomaster", robomaster.version.__version__)'
 
 # ---------------------------------------------------------------- what to run next
-cat <<EOF
-The robot client:  $ROBOT_VENV/bin/robotclient
-RoboMaster SDK:    --robot robomaster -c --sdk-python $SDK_VENV/bin/python   (or: export ROBOMASTER_PYTHON=$SDK_VENV/bin/python)
-Check it against a mesh (camera -> mesh -> tracker, no robot):
-  $ROBOT_VENV/bin/robotclient run -i raspicam --robot null -n --server HOST:PORT
-EOF
+echo "The robot client:  $ROBOT_VENV/bin/robotclient"
+if [ "$SDK" = 1 ]; then
+    echo "RoboMaster SDK:    --robot robomaster -c --sdk-python $SDK_VENV/bin/python" \
+        "(or: export ROBOMASTER_PYTHON=$SDK_VENV/bin/python)"
+fi
+echo "Check it against a mesh (camera -> mesh -> tracker, no robot):"
+echo "  $ROBOT_VENV/bin/robotclient run -i raspicam --robot null -n --server HOST:PORT"

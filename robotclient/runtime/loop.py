@@ -24,7 +24,7 @@ experiment                 rate (:class:`RateSchedule`)
 The robot is always told something: a stop when the camera stalls, and a stop
 when the loop ends for any reason (its end, ``q``, a duration, an exception,
 Ctrl-C). Everything that only watches a decision (CSV log, live view, video,
-window, progress bar, scoring) is an :class:`Output`.
+window, progress bar, scoring) is an :class:`Output` (``robotclient.runtime.outputs``).
 
 The decisions themselves take time as an argument (:class:`Due` carries it),
 and so do :class:`RateSchedule` and :class:`InOrder`: they are tested without

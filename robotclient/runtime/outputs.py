@@ -60,18 +60,23 @@ class OnDecision:
 
 
 class Progress:
-    """A tqdm bar ticking once per decision."""
+    """A tqdm bar ticking once per decision; no bar where tqdm is not installed (it comes with the robot extra)."""
 
     def __init__(self, total: int | None, *, desc: str, enabled: bool = True) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="frame", disable=not enabled, desc=desc)
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.bar = None
+        else:
+            self.bar = tqdm(total=total, unit="frame", disable=not enabled, desc=desc)
 
     def write(self, step: Step) -> None:
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 class VideoSink(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 
 import cv2
 
-from robotclient.runtime import loop
+from robotclient.runtime import loop, outputs
 from robotclient.runtime.drivers import open_driver
 from robotclient.runtime.drivers.safety import SafeRobot
 from robotclient.runtime.liveview import LiveView
@@ -66,15 +66,15 @@ class Replay:
         ):
             pacing = (loop.paced(source, drain_s=drain_s) if options.realtime
                       else loop.as_answered(source, drain_s=drain_s))
-            video = loop.video_writer(self.out / "annotated.mp4", source.fps or 10.0) if options.video else None
-            outputs = [
-                loop.CsvOutput(self.out / "frames.csv"),
-                loop.AnnotatedView(asked=self.offload.request.asked, live=self.live, video=video),
-                loop.Progress(_frame_count(self.clip, options.max_frames), desc=self.clip.name,
-                              enabled=options.progress),
+            video = outputs.video_writer(self.out / "annotated.mp4", source.fps or 10.0) if options.video else None
+            watchers = [
+                outputs.CsvOutput(self.out / "frames.csv"),
+                outputs.AnnotatedView(asked=self.offload.request.asked, live=self.live, video=video),
+                outputs.Progress(_frame_count(self.clip, options.max_frames), desc=self.clip.name,
+                                 enabled=options.progress),
             ]
             frame_loop = loop.FrameLoop(pacing, client, robot, FollowSession(self.session_config, self.clock()),
-                                        clock=self.clock, outputs=outputs, max_frames=options.max_frames)
+                                        clock=self.clock, outputs=watchers, max_frames=options.max_frames)
             wall_s = frame_loop.run()
             stats = client.stats()
         self.records = frame_loop.records
@@ -94,7 +94,7 @@ class Replay:
             "target_class": self.session_config.wanted_class,
         })
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        timeline = loop.write_timeline(self.records, self.out / "timeline.png", f"replay: {self.clip.name}")
+        timeline = outputs.write_timeline(self.records, self.out / "timeline.png", f"replay: {self.clip.name}")
         self.written = [p for p in (self.out / "frames.csv", video.path if video else None, timeline,
                                     self.out / "summary.json") if p is not None]
         return summary

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from robotclient.runtime import loop
+from robotclient.runtime import loop, outputs
 from robotclient.runtime.drivers.safety import SafeRobot
 from robotclient.runtime.keyboard import KeyReader
 from robotclient.runtime.liveview import LiveView
-from robotclient.runtime.loop import MANUAL_KEYS, FrameLoop, Output, Pacing, display_available
+from robotclient.runtime.loop import MANUAL_KEYS, FrameLoop, Output, Pacing
 from robotclient.runtime.model import CapturedFrame
 from robotclient.runtime.offload import OffloadClient
+from robotclient.runtime.outputs import display_available
 from robotclient.runtime.records import FrameRecord, summarize
 from robotclient.runtime.session import Decision, FollowSession
 from robotclient.runtime.sources import FrameSource
@@ -68,15 +69,17 @@ class RobotRun:
     ) -> None:
         self.client, self.robot, self.options, self.out = client, robot, options, out
         self.pacing = source if isinstance(source, Pacing) else loop.camera(source)
-        outputs: list[Output] = []
+        watchers: list[Output] = []
         if on_decision is not None:
-            outputs.append(loop.OnDecision(on_decision))
+            watchers.append(outputs.OnDecision(on_decision))
         if options.log_path is not None:
-            outputs.append(loop.CsvOutput(options.log_path, options.log_hz))
-        video = loop.video_writer(options.video_path, options.video_fps, live=True) if options.video_path else None
-        outputs.append(loop.AnnotatedView(asked=options.asked, live=live, video=video,
-                                          window=WINDOW if options.window else None, on_quit=self.request_quit))
-        self.loop = FrameLoop(self.pacing, client, robot, session, clock=clock, keys=keys, outputs=outputs,
+            watchers.append(outputs.CsvOutput(options.log_path, options.log_hz))
+        self.video = (outputs.video_writer(options.video_path, options.video_fps, live=True)
+                      if options.video_path else None)
+        """The annotated video, when asked for; its ``path`` is the file really written (.mp4 or .webm)."""
+        watchers.append(outputs.AnnotatedView(asked=options.asked, live=live, video=self.video,
+                                              window=WINDOW if options.window else None, on_quit=self.request_quit))
+        self.loop = FrameLoop(self.pacing, client, robot, session, clock=clock, keys=keys, outputs=watchers,
                               duration_s=options.duration_s, status=out, status_interval_s=options.status_interval_s)
 
     @property

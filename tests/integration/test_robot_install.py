@@ -25,7 +25,8 @@ SOURCES = ("pyproject.toml", "setup.py", "README.md", "protos", "services", "rob
 # What the robot must not carry: the services' packages, the lab's, ONNX Runtime.
 ABSENT = ("grpc_health", "grpc_reflection", "prometheus_client", "yaml", "onnxruntime", "onnx", "openvino")
 # What the robot's run/replay import.
-PRESENT = ("grpc", "numpy", "cv2", "scipy.optimize", "simple_pid", "matplotlib", "protos.detection_v1_pb2_grpc")
+PRESENT = ("grpc", "numpy", "cv2", "scipy.optimize", "simple_pid", "matplotlib", "tqdm", "av",
+           "protos.detection_v1_pb2_grpc")
 OFFLINE_HINTS = ("Failed to establish a new connection", "Temporary failure in name resolution",
                  "Network is unreachable", "Could not fetch URL", "failed to fetch", "dns error")
 

@@ -19,7 +19,6 @@ from robotclient.runtime.drivers.safety import SafeRobot
 from robotclient.runtime.loop import (
     AtRate,
     Beat,
-    CsvOutput,
     Due,
     FrameLoop,
     InOrder,
@@ -31,6 +30,7 @@ from robotclient.runtime.loop import (
 )
 from robotclient.runtime.model import Box, CapturedFrame, Command, Detection, DetectionResult, FailedFrame
 from robotclient.runtime.offload import OffloadStats
+from robotclient.runtime.outputs import CsvOutput
 from robotclient.runtime.records import read_csv
 from robotclient.runtime.session import FollowSession, SessionConfig
 from robotclient.runtime.statemachine import StateTimings
@@ -399,3 +399,15 @@ def test_source_frames_end_with_the_source() -> None:
     pacing = SourceFrames(ListSource(1, clock))
     assert pacing.next(ScriptedLink(clock)).frame is not None
     assert pacing.next(ScriptedLink(clock)).ended and pacing.read == 1
+
+
+def test_a_timeline_without_matplotlib_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    import io
+
+    from robotclient.runtime import outputs, timeline
+
+    monkeypatch.setattr(timeline, "write_timeline", lambda records, path, title="": None)
+    err = io.StringIO()
+    assert outputs.write_timeline([], tmp_path / "timeline.png", "replay", err=err) is None
+    assert err.getvalue() == "timeline.png needs matplotlib: pip install 'robomesh[robot]'\n"

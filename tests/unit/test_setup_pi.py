@@ -80,6 +80,23 @@ def test_dry_run_prints_the_pi_install(tmp_path: Path) -> None:
     assert not robot.exists() and not sdk.exists(), "--dry-run changed something"
 
 
+def test_no_sdk_leaves_out_python_38_and_the_sdk(tmp_path: Path) -> None:
+    robot, sdk = tmp_path / "venv-robot", tmp_path / "venv-sdk"
+    result = run_script("--dry-run", "--force", "--no-sdk", env={"ROBOT_VENV": str(robot), "SDK_VENV": str(sdk)})
+    assert result.returncode == 0, result.stderr
+    shown = "\n".join(commands(result.stdout))
+    assert "[robot]" in shown and "--system-site-packages" in shown
+    assert "uv" not in shown and "robomaster" not in shown and "--sdk-python" not in result.stdout
+    assert f"{robot}/bin/robotclient run -i raspicam --robot null -n --server HOST:PORT" in result.stdout
+
+
+def test_help_prints_the_header() -> None:
+    result = run_script("--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("`make robot-pi`") and "--no-sdk" in result.stdout
+    assert "set -euo" not in result.stdout
+
+
 def test_a_second_run_keeps_what_is_there(tmp_path: Path) -> None:
     """Idempotent: an existing venv with the system site packages, uv and a Python 3.8 SDK venv are kept."""
     robot, sdk = tmp_path / "venv-robot", tmp_path / "venv-sdk"
