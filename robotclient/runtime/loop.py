@@ -200,26 +200,17 @@ class SourceFrames:
         """The source stays open (its owner closes it)."""
 
 
-class WhenReady:
+class WhenReady(SourceFrames):
     """The next clip frame as soon as the pipeline can send it at once (``replay``): none is read to be dropped."""
 
     def __init__(self, source: FrameSource, *, poll_s: float = 0.05) -> None:
-        self.source = source
+        super().__init__(source)
         self.poll_s = poll_s
-        self.read = 0
-        self.dropped = 0
 
     def next(self, link: Link) -> Beat:
         if not link.wait_ready(self.poll_s):
             return Beat()  # no slot yet: the loop decides on what was answered meanwhile
-        frame = self.source.read()
-        if frame is None:
-            return Beat(ended=True)
-        self.read += 1
-        return Beat(frame)
-
-    def close(self) -> None:
-        """The source stays open (its owner closes it)."""
+        return super().next(link)
 
 
 class RateSchedule:

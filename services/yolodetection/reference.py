@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from services.yolodetection.decode import RawBox, decode_heads
+from services.yolodetection.modeltools.clip import clip_frames
 from services.yolodetection.modeltools.model import parse_clip_tool_args, sha256
 
 # Held-out frames of vtest.avi: [start, stop) every step-th (50 frames, about 190 persons).
@@ -102,24 +103,9 @@ def load(path: Path) -> ReferenceSet:
 
 
 def read_frames(clip: Path, frames: tuple[int, int, int], quality: int = JPEG_QUALITY) -> list[bytes]:
-    start, stop, step = frames
-    capture = cv2.VideoCapture(str(clip))
-    if not capture.isOpened():
-        raise FileNotFoundError(f"cannot open clip {clip} (run `make data`)")
-    jpegs = []
-    try:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
-        for number in range(start, stop):
-            ok, image = capture.read()
-            if not ok:
-                break
-            if (number - start) % step == 0:
-                jpegs.append(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
-    finally:
-        capture.release()
-    if not jpegs:
-        raise ValueError(f"no frames in {clip} for range {frames}")
-    return jpegs
+    """The clip's frames JPEG-encoded as a robot sends them."""
+    return [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+            for image in clip_frames(clip, frames)]
 
 
 def build(cfg: Path, weights: Path, input_size: tuple[int, int], jpegs: Sequence[bytes]) -> ReferenceSet:

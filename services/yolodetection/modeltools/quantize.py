@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from services.yolodetection.modeltools.clip import clip_frames
 from services.yolodetection.modeltools.convert import ensure_onnx
 from services.yolodetection.modeltools.darknet import cfg_input_size
 from services.yolodetection.modeltools.model import parse_clip_tool_args
@@ -35,24 +36,8 @@ def int8_path(fp32: Path) -> Path:
 
 def calibration_blobs(clip: Path, frames: tuple[int, int, int], input_size: tuple[int, int]) -> list[np.ndarray]:
     """Network inputs exactly as the detector prepares them (plain resize, RGB, 1/255)."""
-    start, stop, step = frames
-    capture = cv2.VideoCapture(str(clip))
-    if not capture.isOpened():
-        raise FileNotFoundError(f"cannot open calibration clip {clip} (run `make data`)")
-    blobs = []
-    try:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
-        for number in range(start, stop):
-            ok, image = capture.read()
-            if not ok:
-                break
-            if (number - start) % step == 0:
-                blobs.append(cv2.dnn.blobFromImage(image, 1 / 255.0, input_size, swapRB=True, crop=False))
-    finally:
-        capture.release()
-    if not blobs:
-        raise ValueError(f"no calibration frames in {clip} for range {frames}")
-    return blobs
+    return [cv2.dnn.blobFromImage(image, 1 / 255.0, input_size, swapRB=True, crop=False)
+            for image in clip_frames(clip, frames)]
 
 
 class _BlobReader:
