@@ -44,18 +44,19 @@ def _copy_sources(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
-@pytest.fixture(scope="module")
-def robot_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("robot-install")
+def _install(tmp_path_factory: pytest.TempPathFactory, extra: str) -> Path:
+    """A fresh venv with ``pip install 'SRC[extra]'`` (``extra`` "": a plain ``pip install SRC``)."""
+    root = tmp_path_factory.mktemp(f"install-{extra or 'plain'}")
     source, venv = root / "src", root / "venv"
     _copy_sources(source)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
     python = venv / "bin" / "python"
+    spec = f"{source}[{extra}]" if extra else str(source)
     uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
     if uv:
-        command = [uv, "pip", "install", "--python", str(python), f"{source}[robot]"]
+        command = [uv, "pip", "install", "--python", str(python), spec]
     else:
-        command = [str(python), "-m", "pip", "install", "--quiet", f"{source}[robot]"]
+        command = [str(python), "-m", "pip", "install", "--quiet", spec]
     done = subprocess.run(command, capture_output=True, text=True, timeout=840, cwd=root)
     if done.returncode != 0:
         log = done.stdout + done.stderr
@@ -63,6 +64,16 @@ def robot_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip(f"PyPI unreachable: {log[-600:]}")
         raise AssertionError(f"{' '.join(command)} failed:\n{log[-4000:]}")
     return venv
+
+
+@pytest.fixture(scope="module")
+def robot_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _install(tmp_path_factory, "robot")
+
+
+@pytest.fixture(scope="module")
+def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _install(tmp_path_factory, "")
 
 
 def in_venv(venv: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -105,14 +116,33 @@ def test_replay_answers_frames_against_a_mesh(robot_venv: Path, stack: LocalStac
     """The mesh is the integration tests' shared LocalStack, started from the dev environment."""
     out = robot_venv.parent / "replay-out"
     done = in_venv(robot_venv, "robotclient", "replay", str(data_dir / "vtest.avi"), "--server",
-                   stack.aggregator.target, "--frames", "20", "--no-video", "--no-progress", "--out", str(out),
+                   stack.aggregator.target, "--frames", "20", "--no-progress", "--out", str(out),
                    timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     summary = json.loads(done.stdout)
     assert summary["frames"] == 20 and summary["server"] == stack.aggregator.target
     assert summary["answered"] >= 18, summary
-    assert (out / "frames.csv").is_file() and not (out / "annotated.mp4").exists()
+    assert (out / "frames.csv").is_file() and (out / "timeline.png").is_file()
+    # The robot extra's PyAV writes H.264 in MP4 (an 'ftyp' box, an 'avc1' sample entry).
+    video = (out / "annotated.mp4").read_bytes()
+    assert video[4:8] == b"ftyp" and b"avc1" in video
+
+
+def test_a_plain_install_runs_help_and_replay(plain_venv: Path, stack: LocalStack, data_dir: Path) -> None:
+    """`pip install .` without an extra: every --help, and a replay whose outputs degrade without the robot
+    extra (VP8 WebM instead of H.264, no timeline.png but one line saying what to install)."""
+    assert [m for m in ("av", "matplotlib", "tqdm", *ABSENT) if importable(plain_venv, m)] == []
+    for command in ((), ("run",), ("replay",), ("sim",)):
+        done = in_venv(plain_venv, "robotclient", *command, "--help")
+        assert done.returncode == 0, f"robotclient {' '.join(command)} --help: {done.stderr}"
+    out = plain_venv.parent / "replay-out"
+    done = in_venv(plain_venv, "robotclient", "replay", str(data_dir / "vtest.avi"), "--server",
+                   stack.aggregator.target, "--frames", "10", "--no-progress", "--out", str(out), timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "pip install 'robomesh[robot]'" in done.stderr
+    assert json.loads(done.stdout)["answered"] >= 9
+    assert (out / "annotated.webm").is_file() and not (out / "timeline.png").exists()
 
 
 def test_a_subcommand_without_its_extra_names_it_in_one_line(robot_venv: Path, data_dir: Path) -> None:
