@@ -38,6 +38,7 @@ import grpc
 
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
+from protos.deadline import Deadline
 from robotclient import sampledata
 from robotclient.lab import envoyconf
 from robotclient.lab.envoyproc import EnvoyProcess, load_documents
@@ -196,7 +197,9 @@ class DirectLink:
         sent = self.clock()
         served: dict[str, str] = {}
         try:
-            response = self.detect(self.protocol.request(frame, encoded, self.options), timeout=self.deadline_s,
+            # The robot's deadline: from the frame's capture (stamped when sent), as the offload client does.
+            timeout = Deadline.after(self.deadline_s, frame.captured_at).for_call(sent, cap=self.deadline_s)
+            response = self.detect(self.protocol.request(frame, encoded, self.options), timeout=timeout,
                                    metadata=self.metadata)
             code = "OK"
             served = served_fields(response)
