@@ -136,7 +136,9 @@ def test_shellcheck() -> None:
 
 
 def test_the_make_target_runs_the_script() -> None:
-    result = subprocess.run(["make", "-n", "robot-pi", "PI_FLAGS=--dry-run"], cwd=REPO, capture_output=True,
-                            text=True, timeout=30)
+    # Run from `make test` too: a parent make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", "robot-pi", "PI_FLAGS=--dry-run"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "bash robotclient/pi/setup_pi.sh --dry-run"
