@@ -24,6 +24,7 @@ from robotclient.runtime.tracker import TrackerParams
 from robotclient.runtime.wire import ENGINES, FrameEncoder, RequestOptions, engines_for, parse_engines
 
 if TYPE_CHECKING:
+    from robotclient.lab.netem import LinkProxy
     from robotclient.runtime.liveview import LiveView
 
 DEFAULT_SERVER = "localhost:50051"
@@ -133,6 +134,75 @@ def mesh_target(server: str | None, log_dir: Path | None) -> Iterator[str]:
         yield mesh.target
 
 
+def _sim_link_asked(args: argparse.Namespace) -> bool:
+    return bool(args.link_delay_ms or args.link_jitter_ms or args.link_mbps)
+
+
+@contextlib.contextmanager
+def sim_target(args: argparse.Namespace, log_dir: Path | None) -> Iterator[tuple[str, LinkProxy | None, list[str]]]:
+    """``sim``'s target, the link the robot dials (or None) and the sites' aggregators to cross between.
+
+    One site and no ``--link-*``: the embedded mesh (or ``--server``), dialled directly, as always. Otherwise the
+    robot dials a ``LinkProxy`` with the link's profile, in front of ``--server`` or of ``--sites`` local sites.
+    """
+    if args.sites <= 1 and not _sim_link_asked(args):
+        with mesh_target(args.server, log_dir) as target:
+            yield target, None, [target]
+        return
+    if args.sites > 1 and args.server:
+        raise SystemExit("sim: --sites starts its own edge sites on loopback; leave out --server")
+    from robotclient.lab.netem import LinkProfile, LinkProxy
+    from robotclient.lab.sites import LocalSites
+
+    profile = LinkProfile(delay_ms=args.link_delay_ms, jitter_ms=args.link_jitter_ms, mbps=args.link_mbps,
+                          seed=args.seed)
+    with contextlib.ExitStack() as stack:
+        if args.server:
+            upstreams = [args.server]
+        else:
+            print(f"starting {args.sites} edge site(s) on loopback", file=sys.stderr)
+            upstreams = stack.enter_context(LocalSites(args.sites, log_dir=log_dir)).targets
+        proxy = LinkProxy(upstreams[0], profile)
+        proxy.start()
+        stack.callback(proxy.stop)
+        print(f"the robot dials {proxy.target}, a link of {args.link_delay_ms:g} ms one way "
+              f"(jitter {args.link_jitter_ms:g} ms, {args.link_mbps or 'unlimited'} Mbit/s)", file=sys.stderr)
+        yield proxy.target, proxy, upstreams
+
+
+def _add_link_arguments(parser: argparse.ArgumentParser) -> None:
+    link = parser.add_argument_group("emulated link (a LinkProxy in front of the server when any is non-zero)")
+    link.add_argument("--link-delay-ms", type=float, default=0.0, metavar="MS", help="one-way delay added each way")
+    link.add_argument("--link-jitter-ms", type=float, default=0.0, metavar="MS",
+                      help="each chunk's one-way delay varies uniformly by +- MS (order kept)")
+    link.add_argument("--link-mbps", type=float, default=0.0, metavar="MBPS",
+                      help="bandwidth cap per direction, Mbit/s (0 = none)")
+    link.add_argument("--link-seed", type=int, default=0, help="seed of the link's jitter")
+
+
+@contextlib.contextmanager
+def link_in_front(target: str, args: argparse.Namespace) -> Iterator[str]:
+    """The address to dial: ``target``, or an emulated link (lab.netem.LinkProxy) in front of it per ``--link-*``."""
+    if not (args.link_delay_ms or args.link_jitter_ms or args.link_mbps or args.link_seed):
+        yield target
+        return
+    from robotclient.lab.netem import LinkProfile, LinkProxy
+
+    profile = LinkProfile(delay_ms=args.link_delay_ms, jitter_ms=args.link_jitter_ms, mbps=args.link_mbps,
+                          seed=args.link_seed)
+    with LinkProxy(target, profile) as link:
+        print(f"link: {link.target} -> {target}, {profile.describe()}", file=sys.stderr)
+        yield link.target
+
+
+def _dialling(offload: OffloadConfig, address: str) -> OffloadConfig:
+    """``offload`` dialling ``address`` (a link in front of its server): TLS still checks the server's name."""
+    if address == offload.target:
+        return offload
+    name = offload.server_name or (offload.target.rpartition(":")[0].strip("[]") if offload.credentials else None)
+    return replace(offload, target=address, server_name=name)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from robotclient.runtime.replay import Replay, ReplayOptions
 
@@ -142,8 +212,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     live = _live_view(args.web)
     try:
-        with mesh_target(args.server, args.out / "service-logs") as target:
-            replay = Replay(clip, args.out, offload_config(args, target), session_config(args, control_default=True),
+        with mesh_target(args.server, args.out / "service-logs") as server, link_in_front(server, args) as target:
+            replay = Replay(clip, args.out, _dialling(offload_config(args, server), target),
+                            session_config(args, control_default=True),
                             ReplayOptions(realtime=args.realtime, max_frames=args.frames,
                                           progress=not args.no_progress, video=not args.no_video), live=live)
             summary = replay.run()
@@ -190,7 +261,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             driver = open_driver(args.robot, **(robomaster_options if args.robot == "robomaster" else {}))
         with (
             source,
-            OffloadClient(offload) as client,
+            link_in_front(target, args) as dial,
+            OffloadClient(_dialling(offload, dial)) as client,
             SafeRobot(driver, session.limits) as robot,
             KeyReader() as keys,
         ):
@@ -219,9 +291,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from robotclient.runtime.outputs import write_timeline
     from robotclient.runtime.runner import RobotRun, RunOptions
     from robotclient.runtime.session import FollowSession
+    from robotclient.runtime.sources import FrameSource
+    from robotclient.sim.handover import CellCrossing, CellPlan, CrossingSource, HandoverScore
     from robotclient.sim.robot import SimulatedRobot
     from robotclient.sim.scenario import SimCamera, SimScore
-    from robotclient.sim.world import CameraModel, PersonPath, SimWorld, load_person_sprite, load_scenery
+    from robotclient.sim.world import (
+        CameraModel,
+        PersonPath,
+        SimWorld,
+        crossing_walkers,
+        load_person_sprite,
+        load_scenery,
+        seeded_rng,
+    )
 
     data_dir = sampledata.fetch()
     session = session_config(args, control_default=True)
@@ -230,27 +312,39 @@ def cmd_sim(args: argparse.Namespace) -> int:
     live = _live_view(args.web)
     out = args.out
     try:
-        with mesh_target(args.server, out / "service-logs" if out else None) as target:
+        with sim_target(args, out / "service-logs" if out else None) as (target, link, upstreams):
             robot = SimulatedRobot()
             panorama, floor = load_scenery(data_dir)
-            world = SimWorld(load_person_sprite(data_dir), PersonPath.default(args.person_speed), camera,
-                             background=panorama, floor=floor)
+            sprite = load_person_sprite(data_dir)
+            distractors = crossing_walkers(sprite, args.distractors, seeded_rng(args.seed), speed_mps=args.person_speed)
+            world = SimWorld(sprite, PersonPath.default(args.person_speed), camera,
+                             background=panorama, floor=floor, distractors=distractors)
             start = time.monotonic()
             # Closed loop: the camera renders on the loop's thread, from the pose the last command left.
             source = SimCamera(world, robot, fps=args.fps, start=start)
+            frames: FrameSource = source
+            if link is not None and len(upstreams) > 1:
+                # Every --cell-s the robot enters the next site's cell: its link breaks and comes back to that site.
+                crossing = CellCrossing(link, CellPlan(tuple(upstreams), args.cell_s), args.handover_outage_ms / 1e3,
+                                        start)
+                frames = CrossingSource(source, crossing)
             score = SimScore(world, robot, start, band)
+            handover = HandoverScore(start, args.link_timeout)
             offload = offload_config(args, target)
             options = RunOptions(duration_s=args.duration, log_path=out / "frames.csv" if out else None,
                                  video_path=out / "sim.mp4" if out else None, video_fps=args.fps,
                                  asked=offload.request.asked)
             with OffloadClient(offload) as client, SafeRobot(robot, session.limits) as safe:
-                run = RobotRun(loop.paced(source), client, safe, FollowSession(session, start), options, live=live,
+                run = RobotRun(loop.paced(frames), client, safe, FollowSession(session, start), options, live=live,
                                on_decision=score.observe, out=sys.stderr)
+                run.loop.outputs.append(handover)  # sees every decision with its replies (fresh or not, which edge)
                 summary = run.run()
+                ended = time.monotonic()
     finally:
         if live is not None:
             live.stop()
     summary.update(score.report())
+    summary.update(handover.report(ended))
     summary["engines_asked"] = list(offload.request.asked)
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--video", type=Path, default=None, help="also record the annotated frames to this MP4")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _add_offload_arguments(run, local_default=False)
+    _add_link_arguments(run)
     _add_session_arguments(run, wakeup=10.0)
     run.set_defaults(func=cmd_run)
 
@@ -333,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-w", "--web", nargs="?", type=int, const=9088, default=None, metavar="PORT",
                      help="MJPEG live view of the annotated frames (default port 9088)")
     _add_offload_arguments(rep, local_default=True)
+    _add_link_arguments(rep)
     _add_session_arguments(rep, wakeup=0.0)
     rep.set_defaults(func=cmd_replay)
 
@@ -340,6 +436,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=60.0, help="seconds to simulate (real time)")
     sim.add_argument("--fps", type=float, default=10.0, help="rendered camera frame rate")
     sim.add_argument("--person-speed", type=float, default=0.6, help="walking speed of the person, m/s")
+    sim.add_argument("--distractors", type=int, default=0, metavar="K",
+                     help="K more people walking across the target's path (the robot must keep its target)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the simulated world (distractors' paths and looks)")
+    sim.add_argument("--sites", type=int, default=1, metavar="N",
+                     help="N edge sites on loopback (edge-1..N: one aggregator each, shared detectors); the robot "
+                          "dials them through one emulated link")
+    sim.add_argument("--cell-s", type=float, default=15.0, metavar="S",
+                     help="with --sites > 1: the robot crosses into the next site's cell every S seconds")
+    sim.add_argument("--handover-outage-ms", type=float, default=300.0, metavar="MS",
+                     help="at each crossing the link breaks and refuses connections for MS, then reaches the next site")
+    sim.add_argument("--link-delay-ms", type=float, default=0.0, metavar="MS",
+                     help="one-way delay of the robot's link (with --sites > 1 or any --link-*: an emulated link)")
+    sim.add_argument("--link-jitter-ms", type=float, default=0.0, metavar="MS", help="jitter of the link's delay")
+    sim.add_argument("--link-mbps", type=float, default=0.0, metavar="MBPS",
+                     help="bandwidth of the link, Mbit/s (0: unlimited)")
     sim.add_argument("--out", type=Path, default=None, help="write frames.csv, sim.mp4 and summary.json here")
     sim.add_argument("-w", "--web", nargs="?", type=int, const=9088, default=None, metavar="PORT",
                      help="MJPEG live view of the simulated camera")

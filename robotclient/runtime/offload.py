@@ -11,7 +11,11 @@ it then arrives as the server frees up instead of waiting in its queue, so
 pipelining raises frames/s without making detections older.
 
 When the server goes away, calls fail fast (no ``wait_for_ready``) and sending
-backs off exponentially with jitter; gRPC reconnects the channel underneath.
+backs off exponentially with jitter; gRPC reconnects the channel underneath
+(every 100 ms at most: ``CHANNEL_OPTIONS``), and the moment the channel is
+READY again the backoff is cleared, so the first frame goes out at once: after
+a handover (the address the robot dials now reaches another site) the loop
+gets fresh answers about one reconnect interval after the link is back.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ SEND_MARGIN_S = 0.005
 
 # No "grpc.min_reconnect_backoff_ms": gRPC core takes it as the minimum connect timeout; at 100 ms, connection
 # attempts over a link with a longer round trip timed out before the HTTP/2 handshake (UNAVAILABLE frames).
+# Reconnect every 100 ms (+-20 % jitter) however long the link was down: a refused dial costs a loopback or Wi-Fi
+# round trip, and a 1000 ms maximum let a 300 ms handover outage cost up to 1.2 s without answers.
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 100),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.enable_retries", 0),
@@ -160,6 +166,7 @@ class OffloadClient:
         self._backoff_until = float("-inf")
         self._sender = threading.Thread(target=self._send_loop, name="offload-sender", daemon=True)
         self._sender.start()
+        self._channel.subscribe(self._on_connectivity)
 
     # -- caller side -------------------------------------------------------------------------------
 
@@ -226,6 +233,7 @@ class OffloadClient:
             self._closed = True
             self._pending = None
             self._cond.notify_all()
+        self._channel.unsubscribe(self._on_connectivity)
         self._sender.join(timeout=2.0)
         if self._own_channel:
             self._channel.close()
@@ -237,6 +245,14 @@ class OffloadClient:
         self.close()
 
     # -- sending -----------------------------------------------------------------------------------
+
+    def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        """The channel is connected (again): the backoff waited for the link, which is back, so send now."""
+        if state is not grpc.ChannelConnectivity.READY:
+            return
+        with self._cond:
+            self._backoff_until = float("-inf")
+            self._cond.notify_all()
 
     def _send_delay(self) -> float:
         """Seconds before the next send is allowed (backoff, pacing); caller holds the lock."""

@@ -20,6 +20,7 @@ from robotclient.runtime.loop import RateSchedule
 from robotclient.runtime.model import CapturedFrame
 from robotclient.runtime.session import Decision
 from robotclient.runtime.statemachine import State
+from robotclient.sim.identity import IdentityScore
 from robotclient.sim.robot import SimulatedRobot
 from robotclient.sim.world import SimWorld
 
@@ -86,6 +87,8 @@ class SimScore:
     reacquire_s: list[float] = field(default_factory=list)
     _left_view_at: float | None = None
     _was_following: bool = False
+    # Distractors: whom the followed track is on (id switches, frames on a distractor); see sim/identity.py.
+    identity: IdentityScore = field(default_factory=IdentityScore)
 
     def observe(self, frame: CapturedFrame, decision: Decision) -> None:
         t = frame.captured_at - self.start
@@ -105,6 +108,13 @@ class SimScore:
             self.reacquire_s.append(t - self._left_view_at)
             self._left_view_at = None
         self._was_following = self._was_following or following
+        # Distractors (identity) begin
+        followed = decision.target
+        self.identity.observe(
+            None if followed is None else followed.track_id, None if followed is None else followed.box, following,
+            self.world.target_box(pose, t), self.world.distractor_boxes(pose, t),
+        )
+        # Distractors (identity) end
 
     def report(self) -> dict[str, Any]:
         return {
@@ -116,4 +126,6 @@ class SimScore:
             "time_to_first_acquisition_s": None if self.first_acquired_s is None else round(self.first_acquired_s, 2),
             "reacquire_s": [round(s, 2) for s in self.reacquire_s],
             "lost_at_end": self._left_view_at is not None,
+            "target_centred_in_view_fraction": round(self.centred / self.in_view, 3) if self.in_view else 0.0,
+            **self.identity.report(),
         }

@@ -118,12 +118,18 @@ class PersonPath:
     """Where the person is at time ``t``: waypoints walked at constant speed, looping or going back and forth.
 
     ``loop`` walks back from the last waypoint to the first; ``pingpong`` retraces the waypoints in reverse.
-    Before ``t = 0`` the person waits at the first waypoint.
+    Before ``t = 0`` the person waits where they are at ``t = 0``; ``phase_s`` starts them that many seconds along.
     """
 
     MODES = ("loop", "pingpong")
 
-    def __init__(self, waypoints: Sequence[tuple[float, float]], speed_mps: float = 0.6, mode: str = "loop") -> None:
+    def __init__(
+        self,
+        waypoints: Sequence[tuple[float, float]],
+        speed_mps: float = 0.6,
+        mode: str = "loop",
+        phase_s: float = 0.0,
+    ) -> None:
         if not waypoints:
             raise ValueError("a path needs at least one waypoint")
         if speed_mps <= 0.0:
@@ -133,6 +139,8 @@ class PersonPath:
         self.waypoints: tuple[tuple[float, float], ...] = tuple((float(x), float(y)) for x, y in waypoints)
         self.speed_mps = float(speed_mps)
         self.mode = mode
+        # Seconds already walked at t = 0 (a walker starting part-way along its path).
+        self.phase_s = float(phase_s)
         points = list(self.waypoints)
         if len(points) > 1:
             points = [*points, points[0]] if mode == "loop" else [*points, *reversed(points[:-1])]
@@ -167,12 +175,77 @@ class PersonPath:
         """(x, y) in metres at ``t`` seconds."""
         if self.length_m == 0.0:
             return self._points[0]
-        s = (max(t, 0.0) * self.speed_mps) % self.length_m
+        s = ((max(t, 0.0) + max(self.phase_s, 0.0)) * self.speed_mps) % self.length_m
         i = min(bisect.bisect_right(self._cumulative, s) - 1, len(self._points) - 2)
         segment = self._cumulative[i + 1] - self._cumulative[i]
         u = (s - self._cumulative[i]) / segment if segment > 0 else 0.0
         (x0, y0), (x1, y1) = self._points[i], self._points[i + 1]
         return x0 + u * (x1 - x0), y0 + u * (y1 - y0)
+
+
+@dataclass(frozen=True, eq=False)
+class Walker:
+    """Another person in the world (a distractor): their looks, their path and their height."""
+
+    sprite: PersonSprite
+    path: PersonPath
+    height_m: float = 1.75
+
+    def __post_init__(self) -> None:
+        if self.height_m <= 0.0:
+            raise ValueError(f"height_m must be positive; got {self.height_m}")
+
+
+def recoloured(sprite: PersonSprite, hue_shift: int, source: str = "") -> PersonSprite:
+    """The same person in other clothes: hues turned by ``hue_shift`` (OpenCV units, 180 a turn), saturation up.
+
+    Grey and skin-dark pixels barely change; the blue jacket of the vtest sprite becomes another colour, so that
+    appearance can tell the two apart while the shape (what the detector sees) stays a real person.
+    """
+    hsv = cv2.cvtColor(sprite.bgr, cv2.COLOR_BGR2HSV)
+    h = hsv[..., 0].astype(np.int32)
+    hsv[..., 0] = ((h + int(hue_shift)) % 180).astype(np.uint8)
+    hsv[..., 1] = np.clip(hsv[..., 1].astype(np.float32) * 1.6 + 20.0, 0, 255).astype(np.uint8)
+    bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    label = source or f"{sprite.source} hue {hue_shift:+d}"
+    return PersonSprite(np.ascontiguousarray(bgr), sprite.alpha.copy(), source=label)
+
+
+def crossing_walkers(
+    sprite: PersonSprite,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    speed_mps: float = 0.6,
+) -> list[Walker]:
+    """``count`` distractors that walk across the default scenario's path in front of a robot at the origin.
+
+    Each walks back and forth along a slanted line from one side of the view to the other (y from about -3.5 m to
+    +3.5 m), at a depth between 3.3 and 5.0 m (where the target walks too), so that in the image they pass in front
+    of or behind the target, overlapping it (occlusion) and walking next to it (proximity). They start at one end,
+    out of view of a robot at the origin, so that the person first acquired is the target. Side, direction,
+    depth, slant, speed, height and clothes colour come from ``rng`` (seeded: the same seed, the same world).
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0; got {count}")
+    walkers = []
+    for _ in range(count):
+        depth = float(rng.uniform(3.3, 5.0))
+        slant = float(rng.uniform(-0.6, 0.6))
+        half = float(rng.uniform(3.2, 3.8))
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        ends = [(max(3.3, depth - slant), side * half), (max(3.3, depth + slant), -side * half)]
+        speed = speed_mps * float(rng.uniform(0.75, 1.25))
+        # Enters from the side (out of view at its ends) within the first seconds: the robot acquires the target.
+        path = PersonPath(ends, speed_mps=speed, mode="pingpong", phase_s=float(rng.uniform(0.0, 0.5)))
+        hue = int(rng.integers(50, 130))  # blue (about 110) turned well away: orange, red, green or purple
+        walkers.append(Walker(recoloured(sprite, hue), path, height_m=float(rng.uniform(1.65, 1.85))))
+    return walkers
+
+
+def seeded_rng(seed: int) -> np.random.Generator:
+    """The world's random generator for ``seed`` (one place, so that a seed means the same world everywhere)."""
+    return np.random.default_rng(seed)
 
 
 def relative_position(pose: Pose, x: float, y: float) -> tuple[float, float]:
@@ -223,6 +296,7 @@ class SimWorld:
         *,
         floor: np.ndarray | None = None,
         floor_tile_m: float = 2.0,
+        distractors: Sequence[Walker] = (),
     ) -> None:
         if person_height_m <= 0.0:
             raise ValueError(f"person_height_m must be positive; got {person_height_m}")
@@ -233,6 +307,7 @@ class SimWorld:
         self.camera = camera
         self.person_height_m = float(person_height_m)
         self.floor_tile_m = float(floor_tile_m)
+        self.distractors: tuple[Walker, ...] = tuple(distractors)
         panorama = procedural_panorama() if background is None else _as_bgr(background, "background")
         floor_tile = procedural_floor() if floor is None else _as_bgr(floor, "floor")
         # One extra column/row that repeats the first, so that bilinear sampling is seamless across the wrap.
@@ -293,16 +368,29 @@ class SimWorld:
 
     def _billboard(self, pose: Pose, t: float) -> Box | None:
         """The person's unclipped box in the image, or None when behind or too close to the camera."""
-        forward, right = relative_position(pose, *self.path.position(t))
+        return self._billboard_at(pose, self.path.position(t), self.person_height_m, self.sprite.aspect)
+
+    def _billboard_at(self, pose: Pose, position: tuple[float, float], height_m: float, aspect: float) -> Box | None:
+        forward, right = relative_position(pose, *position)
         if forward < NEAR_CLIP_M:
             return None
         cam = self.camera
         scale = cam.focal_px / forward
-        height = self.person_height_m * scale
-        width = height * self.sprite.aspect
+        height = height_m * scale
+        width = height * aspect
         column = cam.cx + right * scale
         feet = cam.cy + cam.mount_height_m * scale
         return Box(column - width / 2.0, feet - height, width, height)
+
+    def _clipped(self, box: Box | None) -> Box | None:
+        """``box`` clipped to the image; None when its centre line is outside the field of view or nothing is left."""
+        if box is None or not 0.0 <= box.cx <= self.camera.width:
+            return None
+        x0, y0 = max(box.x, 0.0), max(box.y, 0.0)
+        x1, y1 = min(box.x + box.w, float(self.camera.width)), min(box.y + box.h, float(self.camera.height))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return Box(x0, y0, x1 - x0, y1 - y0)
 
     def target_in_view(self, pose: Pose, t: float) -> bool:
         """True when the person is in front and their centre line is within the horizontal field of view."""
@@ -311,14 +399,22 @@ class SimWorld:
 
     def target_box(self, pose: Pose, t: float) -> Box | None:
         """The person's box in the image, clipped to it; None when ``target_in_view`` is False."""
-        box = self._billboard(pose, t)
-        if box is None or not 0.0 <= box.cx <= self.camera.width:
-            return None
-        x0, y0 = max(box.x, 0.0), max(box.y, 0.0)
-        x1, y1 = min(box.x + box.w, float(self.camera.width)), min(box.y + box.h, float(self.camera.height))
-        if x1 <= x0 or y1 <= y0:
-            return None
-        return Box(x0, y0, x1 - x0, y1 - y0)
+        return self._clipped(self._billboard(pose, t))
+
+    def target_depth(self, pose: Pose, t: float) -> float:
+        """Depth (metres along the camera's axis) of the target: who is in front of whom."""
+        return relative_position(pose, *self.path.position(t))[0]
+
+    def distractor_boxes(self, pose: Pose, t: float) -> list[Box | None]:
+        """Each distractor's box in the image (clipped as ``target_box``; None when out of view), in their order."""
+        return [
+            self._clipped(self._billboard_at(pose, w.path.position(t), w.height_m, w.sprite.aspect))
+            for w in self.distractors
+        ]
+
+    def distractor_depths(self, pose: Pose, t: float) -> list[float]:
+        """Each distractor's depth (metres along the camera's axis), in their order."""
+        return [relative_position(pose, *w.path.position(t))[0] for w in self.distractors]
 
     # Rendering ----------------------------------------------------------------------------------------------
 
@@ -348,13 +444,25 @@ class SimWorld:
         return image
 
     def render(self, pose: Pose, t: float) -> np.ndarray:
-        """The BGR (height, width, 3) uint8 image the robot's camera captures at ``pose`` and time ``t``."""
+        """The BGR (height, width, 3) uint8 image the robot's camera captures at ``pose`` and time ``t``.
+
+        The target and the distractors are drawn in depth order, farthest first: the nearer one hides the other.
+        """
         image = self.render_background(pose)
-        box = self._billboard(pose, t)
+        people = [(self.target_depth(pose, t), 0, self.sprite, self._billboard(pose, t))]
+        for i, (walker, depth) in enumerate(zip(self.distractors, self.distractor_depths(pose, t), strict=True)):
+            box = self._billboard_at(pose, walker.path.position(t), walker.height_m, walker.sprite.aspect)
+            people.append((depth, i + 1, walker.sprite, box))
+        for _, _, sprite, box in sorted(people, key=lambda p: (-p[0], p[1])):
+            image = self._draw(image, sprite, box)
+        return image
+
+    def _draw(self, image: np.ndarray, sprite: PersonSprite, box: Box | None) -> np.ndarray:
+        """``image`` with ``sprite`` composited into ``box`` (unchanged when the box is None or off the image)."""
         cam = self.camera
         if box is None or box.x >= cam.width or box.x + box.w <= 0 or box.y >= cam.height or box.y + box.h <= 0:
             return image
-        sprite_bgr, sprite_alpha = self.sprite.bgr, self.sprite.alpha
+        sprite_bgr, sprite_alpha = sprite.bgr, sprite.alpha
         scale = box.h / sprite_bgr.shape[0]
         if scale < 0.8:
             # Shrink with area averaging first: an affine warp alone would alias the small person.

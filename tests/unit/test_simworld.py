@@ -14,9 +14,11 @@ from robotclient.sim.world import (
     PersonPath,
     PersonSprite,
     SimWorld,
+    crossing_walkers,
     load_person_sprite,
     load_scenery,
     procedural_floor,
+    seeded_rng,
 )
 from services.yolodetection.detector import YoloDetector, YoloParams
 from services.yolodetection.modeltools.model import ModelPaths
@@ -236,6 +238,39 @@ def test_the_default_scenario_leaves_the_view_of_a_static_robot(block: PersonSpr
     longest_gap = max(len(run) for run in "".join("x" if v else "." for v in visible).split("x"))
     assert longest_gap * 0.1 >= 3.0
     assert min(distances) >= 3.0 and max(distances) <= 6.0
+
+
+def test_distractors_are_seeded_cross_the_target_and_are_drawn_in_depth_order(block: PersonSprite) -> None:
+    walkers = crossing_walkers(block, 2, seeded_rng(7))
+    again = crossing_walkers(block, 2, seeded_rng(7))
+    assert [w.path.waypoints for w in walkers] == [w.path.waypoints for w in again]
+    assert [w.path.waypoints for w in walkers] != [w.path.waypoints for w in crossing_walkers(block, 2, seeded_rng(8))]
+    assert crossing_walkers(block, 0, seeded_rng(7)) == []
+    # Recoloured: the same shape, other colours.
+    assert walkers[0].sprite.bgr.shape == block.bgr.shape and not np.array_equal(walkers[0].sprite.bgr, block.bgr)
+    world = SimWorld(block, PersonPath.default(), distractors=walkers[:1])
+    pose = Pose()
+    (start,) = world.distractor_boxes(pose, 0.0)
+    assert start is None  # enters from the side: the first person in view is the target
+    overlaps = [t for t in np.arange(0.0, 60.0, 0.1) if _overlap(world, pose, t) > 0.3]
+    assert overlaps, "the distractor never crosses the target in the image"
+    t = overlaps[len(overlaps) // 2]
+    target_box, (other_box,) = world.target_box(pose, t), world.distractor_boxes(pose, t)
+    assert target_box is not None and other_box is not None
+    image = world.render(pose, t)
+    nearer = block if world.target_depth(pose, t) < world.distractor_depths(pose, t)[0] else walkers[0].sprite
+    x0, x1 = int(max(target_box.x, other_box.x)) + 1, int(min(target_box.x + target_box.w, other_box.x + other_box.w))
+    y = int(max(target_box.y, other_box.y) + 0.5 * min(target_box.h, other_box.h))
+    assert x1 > x0
+    assert tuple(image[y, (x0 + x1) // 2]) == tuple(nearer.bgr[50, 20])  # the nearer one hides the other
+    with pytest.raises(ValueError):
+        crossing_walkers(block, -1, seeded_rng(0))
+
+
+def _overlap(world: SimWorld, pose: Pose, t: float) -> float:
+    target = world.target_box(pose, t)
+    (other,) = world.distractor_boxes(pose, t)
+    return 0.0 if target is None or other is None else target.iou(other)
 
 
 # Real data and the real detector ------------------------------------------------------------------------------
