@@ -72,7 +72,8 @@ class FollowSession:
         """A reply arrived: update the tracks and restart the carry-forward on that reply's frame."""
         # Detections describe the frame at its capture time, not at arrival: velocities and the
         # predicted positions stay free of network jitter.
-        self.tracker.update(result.detections, result.frame.captured_at)
+        # The reply's own frame goes along: the tracker tells people apart by their colours too.
+        self.tracker.update(result.detections, result.frame.captured_at, image=result.frame.image)
         self._last_result_number = result.frame.number
         self._fresh = True
         if self.carrier is not None:

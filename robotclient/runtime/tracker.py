@@ -11,6 +11,13 @@ no threads, no clocks, no I/O.
   two people crossing each other keep their ids: each track expects its own person on its own side.
 - Pairs that overlap less than ``min_iou`` and whose centres are further apart than
   ``max_center_distance`` diagonals are never matched, whatever the assignment would prefer.
+- Appearance (optional: when ``update`` is given the frame's image): each track keeps a colour model (an
+  averaged hue-saturation histogram of the middle of its boxes); the Bhattacharyya distance between it and a
+  detection's histogram is added to the cost (``appearance_weight``), and once a track is established
+  (``appearance_min_hits``) a detection further than ``max_appearance_distance`` is never matched to it, unless
+  that detection overlaps another one (its colours are then mixed: it only costs more). The model is updated
+  only from detections that overlap no other detection, so that a crossing person's colours do not leak in.
+  Without an image the tracker works on motion alone, exactly as before.
 - A track that is not matched keeps its last box (the box the robot steers to is never
   extrapolated; the prediction is used for association only) and counts a miss; after more than
   ``max_missed`` consecutive misses it is dropped. Ids are never reused.
@@ -20,8 +27,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -43,6 +51,13 @@ class TrackerParams:
     velocity_smoothing: float = 0.5
     # Prediction horizon cap (seconds): a long-missed track is not searched for ever further away.
     max_prediction_s: float = 1.0
+    # Appearance (used only when update() gets the image): cost weight of the colour distance (0 turns it off),
+    # the distance (Bhattacharyya, 0..1) beyond which an established track refuses a detection, the hits that
+    # establish a track, and the EMA weight of a new histogram in the track's colour model.
+    appearance_weight: float = 1.0
+    max_appearance_distance: float = 0.5
+    appearance_min_hits: int = 3
+    appearance_smoothing: float = 0.2
 
     def __post_init__(self) -> None:
         if self.max_missed < 0:
@@ -57,6 +72,14 @@ class TrackerParams:
                 raise ValueError(f"{name} must be in (0, 1]; got {value}")
         if self.max_prediction_s < 0.0:
             raise ValueError(f"max_prediction_s must be >= 0; got {self.max_prediction_s}")
+        if self.appearance_weight < 0.0:
+            raise ValueError(f"appearance_weight must be >= 0; got {self.appearance_weight}")
+        if not 0.0 < self.max_appearance_distance <= 1.0:
+            raise ValueError(f"max_appearance_distance must be in (0, 1]; got {self.max_appearance_distance}")
+        if self.appearance_min_hits < 1:
+            raise ValueError(f"appearance_min_hits must be >= 1; got {self.appearance_min_hits}")
+        if not 0.0 < self.appearance_smoothing <= 1.0:
+            raise ValueError(f"appearance_smoothing must be in (0, 1]; got {self.appearance_smoothing}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,8 @@ class Track:
     missed: int
     first_seen: float
     last_seen: float
+    # The track's colour model (see colour_histogram); None without images or before a clean sighting.
+    colour: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -86,6 +111,8 @@ class _State:
     last_cy: float = 0.0
     # When ``track.box`` was valid; None after a replace_box without a time (then no extrapolation).
     box_time: float | None = None
+    # Colour model (normalised hue-saturation histogram), None until a clean detection with an image was matched.
+    appearance: np.ndarray | None = None
 
     def predicted(self, now: float, horizon_cap: float) -> Box:
         """The box moved along the velocity to ``now``: the position association expects the object at."""
@@ -94,6 +121,27 @@ class _State:
             return box
         dt = min(max(now - self.box_time, 0.0), horizon_cap)
         return Box(box.x + self.vx * dt, box.y + self.vy * dt, box.w, box.h)
+
+
+def colour_histogram(image: np.ndarray, box: Box) -> np.ndarray | None:
+    """Normalised 16x4 hue-saturation histogram of the middle of ``box`` (the torso and legs, little background).
+
+    None when the box leaves too little of the image (under 4x4 pixels).
+    """
+    height, width = image.shape[:2]
+    x0, x1 = max(int(box.x + 0.2 * box.w), 0), min(int(box.x + 0.8 * box.w), width)
+    y0, y1 = max(int(box.y + 0.1 * box.h), 0), min(int(box.y + 0.9 * box.h), height)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return None
+    hsv = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_BGR2HSV)
+    hist = cv2.calcHist([hsv], [0, 1], None, [16, 4], [0, 180, 0, 256]).astype(np.float32)
+    total = float(hist.sum())
+    return hist / total if total > 0 else None
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Bhattacharyya distance of two normalised histograms: 0 the same colours, 1 nothing in common."""
+    return float(cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA))
 
 
 def _diagonal(box: Box) -> float:
@@ -123,16 +171,35 @@ class MultiObjectTracker:
         """All live tracks, by id."""
         return tuple(self._states[i].track for i in sorted(self._states))
 
-    def update(self, detections: Sequence[Detection], now: float) -> tuple[Track, ...]:
-        """Matches one result's detections (its frame taken at ``now``) to the tracks; returns all live tracks."""
+    def update(
+        self, detections: Sequence[Detection], now: float, image: np.ndarray | None = None
+    ) -> tuple[Track, ...]:
+        """Matches one result's detections (its frame taken at ``now``) to the tracks; returns all live tracks.
+
+        ``image`` is that frame (BGR): given, the tracks' colours help association (see the module notes).
+        """
+        colours: list[np.ndarray | None] = [None] * len(detections)
+        if image is not None and self.params.appearance_weight > 0.0:
+            colours = [colour_histogram(image, d.box) for d in detections]
+        # A detection that overlaps another one is (partly) occluded or occluding: its colours are mixed.
+        clean = [
+            all(j == i or detections[j].box.iou(d.box) == 0.0 for j in range(len(detections)))
+            for i, d in enumerate(detections)
+        ]
         matched_tracks: set[int] = set()
         matched_detections: set[int] = set()
         for class_name in sorted({d.class_name for d in detections}):
             det_idx = [i for i, d in enumerate(detections) if d.class_name == class_name]
             track_ids = [t for t in sorted(self._states) if self._states[t].track.class_name == class_name]
-            for ti, di in self._assign(track_ids, [detections[i] for i in det_idx], now):
+            pairs = self._assign(
+                track_ids, [detections[i] for i in det_idx], now,
+                [colours[i] for i in det_idx], [clean[i] for i in det_idx],
+            )
+            for ti, di in pairs:
                 tid, d_index = track_ids[ti], det_idx[di]
                 self._match(self._states[tid], detections[d_index], now)
+                if clean[d_index]:
+                    self._learn_colour(self._states[tid], colours[d_index])
                 matched_tracks.add(tid)
                 matched_detections.add(d_index)
 
@@ -148,7 +215,19 @@ class MultiObjectTracker:
         for i, d in enumerate(detections):
             if i not in matched_detections:
                 self._start(d, now)
+                if clean[i]:
+                    self._learn_colour(self._states[self._next_id - 1], colours[i])
         return self.tracks
+
+    def _learn_colour(self, state: _State, colour: np.ndarray | None) -> None:
+        if colour is None:
+            return
+        if state.appearance is None:
+            state.appearance = colour
+        else:
+            a = self.params.appearance_smoothing
+            state.appearance = (a * colour + (1.0 - a) * state.appearance).astype(np.float32)
+        state.track = replace(state.track, colour=state.appearance)
 
     def replace_box(self, track_id: int, box: Box, now: float | None = None) -> None:
         """Writes a box found between results (visual carry-forward) without counting a hit or a miss.
@@ -163,20 +242,37 @@ class MultiObjectTracker:
         state.track = replace(state.track, box=box)
         state.box_time = now
 
-    def _assign(self, track_ids: Sequence[int], detections: Sequence[Detection], now: float) -> list[tuple[int, int]]:
+    def _assign(
+        self,
+        track_ids: Sequence[int],
+        detections: Sequence[Detection],
+        now: float,
+        colours: Sequence[np.ndarray | None] = (),
+        clean: Sequence[bool] = (),
+    ) -> list[tuple[int, int]]:
         """Optimal (minimum total cost) pairs of (track index, detection index) inside the gate."""
         if not track_ids or not detections:
             return []
         p = self.params
         cost = np.full((len(track_ids), len(detections)), _FORBIDDEN)
         for r, tid in enumerate(track_ids):
-            predicted = self._states[tid].predicted(now, p.max_prediction_s)
+            state = self._states[tid]
+            predicted = state.predicted(now, p.max_prediction_s)
             diagonal = _diagonal(predicted)
             for c, d in enumerate(detections):
                 overlap = predicted.iou(d.box)
                 distance = math.hypot(predicted.cx - d.box.cx, predicted.cy - d.box.cy) / diagonal
-                if overlap >= p.min_iou or distance <= p.max_center_distance:
-                    cost[r, c] = (1.0 - overlap) + distance
+                if overlap < p.min_iou and distance > p.max_center_distance:
+                    continue
+                colour = colours[c] if c < len(colours) else None
+                if state.appearance is not None and colour is not None:
+                    unlike = colour_distance(state.appearance, colour)
+                    established = state.track.hits >= p.appearance_min_hits
+                    # Only an unmixed detection is refused outright; a mixed one just costs more.
+                    if unlike > p.max_appearance_distance and established and c < len(clean) and clean[c]:
+                        continue
+                    distance += p.appearance_weight * unlike
+                cost[r, c] = (1.0 - overlap) + distance
         rows, cols = linear_sum_assignment(cost)
         return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] < _FORBIDDEN]
 
@@ -218,30 +314,73 @@ class MultiObjectTracker:
 
 
 class TargetSelector:
-    """Picks the largest track of the wanted class and keeps it until its track is dropped (as LIQUID EDGE did)."""
+    """Picks the largest track of the wanted class and keeps it until its track is dropped (as LIQUID EDGE did).
 
-    def __init__(self, wanted_class: str) -> None:
+    When the tracks carry colours, the selector remembers the colours of the person it acquired and keeps
+    following that person, not a track id: the memory learns only from the target while it still looks like
+    itself (a track that drifted onto someone else teaches it nothing). While the followed track looks like
+    someone else and a track that looks like the acquired person is in view, it goes back to that one. After
+    the target's track is dropped it picks (the largest of) the tracks that look like it (``colour_distance``
+    up to ``max_colour_distance``) and, for up to ``patience`` selections, none rather than a stranger; after
+    that it follows the largest person, still ready to go back to the acquired one when it reappears.
+    """
+
+    def __init__(self, wanted_class: str, max_colour_distance: float = 0.5, patience: int = 50,
+                 learning_rate: float = 0.1) -> None:
         self.wanted_class = wanted_class
+        self.max_colour_distance = max_colour_distance
+        self.patience = patience
+        self.learning_rate = learning_rate
         self._target_id: int | None = None
+        self._colour: np.ndarray | None = None  # the acquired person's, learnt only from that person
+        self._waited = 0
 
     @property
     def target_id(self) -> int | None:
         return self._target_id
 
+    def _alike(self, track: Track) -> bool:
+        return (self._colour is not None and track.colour is not None
+                and colour_distance(self._colour, track.colour) <= self.max_colour_distance)
+
+    def _follow(self, track: Track) -> Track:
+        self._target_id = track.track_id
+        self._waited = 0
+        if track.colour is not None:
+            if self._colour is None:
+                self._colour = track.colour
+            elif self._alike(track):  # learn slowly, and only from the acquired person
+                self._colour = cv2.addWeighted(self._colour, 1.0 - self.learning_rate, track.colour,
+                                               self.learning_rate, 0.0)
+        return track
+
     def select(self, tracks: Sequence[Track]) -> Track | None:
-        """The current target while its track lives; otherwise the largest wanted track (lowest id on a tie)."""
-        if self._target_id is not None:
-            for track in tracks:
-                if track.track_id == self._target_id:
-                    return track
-            self._target_id = None
+        """The person acquired while in view (by track, and by colours when known); else the largest wanted track."""
         candidates = [t for t in tracks if t.class_name == self.wanted_class]
+        alike = [t for t in candidates if self._alike(t)]
+        current = next((t for t in tracks if t.track_id == self._target_id), None)
+        if current is not None:
+            looks_other = self._colour is not None and current.colour is not None and not self._alike(current)
+            if not (looks_other and alike):
+                return self._follow(current)
+        if alike:
+            return self._follow(min(alike, key=lambda t: (-t.box.area, t.track_id)))
+        if current is not None:
+            return self._follow(current)
+        self._target_id = None
+        if self._colour is not None and self._waited < self.patience:
+            self._waited += 1
+            return None  # not a stranger, while patience lasts
         if not candidates:
             return None
         best = min(candidates, key=lambda t: (-t.box.area, t.track_id))
-        self._target_id = best.track_id
+        if self._colour is None:
+            return self._follow(best)  # the first acquisition (or tracks without colours): its colours are learnt
+        self._target_id, self._waited = best.track_id, self.patience  # a stand-in: the colours stay the acquired
         return best
 
     def release(self) -> None:
-        """Forget the target so that the next ``select`` picks afresh (e.g. after the operator says so)."""
+        """Forget the target (and its colours) so that the next ``select`` picks afresh (e.g. the operator says so)."""
         self._target_id = None
+        self._colour = None
+        self._waited = 0

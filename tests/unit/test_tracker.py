@@ -7,10 +7,18 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robotclient.runtime.model import Box, Detection
-from robotclient.runtime.tracker import MultiObjectTracker, TargetSelector, Track, TrackerParams
+from robotclient.runtime.tracker import (
+    MultiObjectTracker,
+    TargetSelector,
+    Track,
+    TrackerParams,
+    colour_distance,
+    colour_histogram,
+)
 from services.yolodetection.detector import YoloDetector, YoloParams
 from services.yolodetection.modeltools.model import ModelPaths
 from tests.conftest import read_frames
@@ -175,9 +183,121 @@ def test_selector_picks_the_largest_wanted_track_and_keeps_it_until_its_track_is
 
 
 def test_parameters_are_checked() -> None:
-    for bad in ({"max_missed": -1}, {"min_iou": 1.5}, {"smoothing": 0.0}, {"max_center_distance": -1.0}):
+    for bad in (
+        {"max_missed": -1}, {"min_iou": 1.5}, {"smoothing": 0.0}, {"max_center_distance": -1.0},
+        {"appearance_weight": -1.0}, {"max_appearance_distance": 0.0}, {"appearance_min_hits": 0},
+        {"appearance_smoothing": 0.0},
+    ):
         with pytest.raises(ValueError):
             TrackerParams(**bad)  # type: ignore[arg-type]
+
+
+# Crossings: the target is kept ------------------------------------------------------------------------------
+
+BLUE, GREEN = (200, 60, 20), (40, 200, 40)
+
+
+def scene(people: Sequence[tuple[Box, tuple[int, int, int]]]) -> np.ndarray:
+    """A grey 480x640 image with solid people drawn in the given order (the last one in front)."""
+    image = np.full((480, 640, 3), 120, dtype=np.uint8)
+    for box, colour in people:
+        x, y, w, h = box.as_int()
+        image[max(y, 0) : y + h, max(x, 0) : x + w] = colour
+    return image
+
+
+def test_the_target_is_kept_through_a_crossing_where_the_rear_person_is_not_detected() -> None:
+    """A passes behind B; while hidden it is not detected for 6 results: its track coasts and is taken back."""
+    tracker = MultiObjectTracker()
+    selector = TargetSelector("person")
+    target_id = None
+    for step in range(31):
+        a, b = person(100 + 10 * step, 100), person(400 - 10 * step, 100)
+        hidden = a.box.iou(b.box) > 0.3
+        detections = [b] if hidden else [a, b]
+        tracks = tracker.update(detections, now=step * DT)
+        target = selector.select(tracks)
+        assert target is not None
+        if target_id is None:
+            target_id = target.track_id  # both the same size: the lower id, A's
+        assert target.track_id == target_id
+    final = by_id(tracker.tracks)
+    assert len(final) == 2 and final[target_id].box.cx == pytest.approx(420.0, abs=5.0)
+
+
+def _bounce(tracker: MultiObjectTracker, with_image: bool) -> tuple[int, int]:
+    """Blue walks right, green walks left; they meet, overlap and both turn back. (Blue's id, id on blue at the end)."""
+    blue_id = None
+    for step in range(16):
+        offset = 11 * step if step <= 5 else 55 - 10 * (step - 5)  # meet at step 5 (60% overlap), then back
+        blue, green = Box(180 + offset, 100, 40, 80), Box(300 - offset, 100, 40, 80)
+        image = scene([(blue, BLUE), (green, GREEN)])
+        detections = [Detection("person", 0.9, blue), Detection("person", 0.9, green)]
+        tracks = tracker.update(detections, now=step * DT, image=image if with_image else None)
+        if blue_id is None:
+            blue_id = min(tracks, key=lambda t: t.box.cx).track_id
+    on_blue = min((t for t in tracker.tracks if t.missed == 0), key=lambda t: t.box.cx)
+    assert blue_id is not None
+    return blue_id, on_blue.track_id
+
+
+def test_colour_keeps_the_ids_when_two_people_meet_and_turn_back() -> None:
+    # Motion alone expects each to walk on through the other: the ids swap (what the colours prevent).
+    blue_id, on_blue = _bounce(MultiObjectTracker(), with_image=False)
+    assert on_blue != blue_id
+    blue_id, on_blue = _bounce(MultiObjectTracker(), with_image=True)
+    assert on_blue == blue_id
+
+
+def test_an_established_track_refuses_a_detection_of_other_colours() -> None:
+    tracker = MultiObjectTracker(TrackerParams(appearance_min_hits=3))
+    box = Box(100, 100, 40, 80)
+    for step in range(3):
+        (track,) = tracker.update([Detection("person", 0.9, box)], now=step * DT, image=scene([(box, BLUE)]))
+    # Same place, other clothes: another person (a new track), the blue one missed.
+    tracks = by_id(tracker.update([Detection("person", 0.9, box)], now=3 * DT, image=scene([(box, GREEN)])))
+    assert len(tracks) == 2 and tracks[track.track_id].missed == 1
+    # Without an image the tracker is motion-only, as before.
+    (same,) = MultiObjectTracker().update([Detection("person", 0.9, box)], now=0.0)
+    assert same.track_id == 1
+
+
+def test_after_its_track_is_dropped_the_selector_takes_back_the_person_who_looks_like_the_target() -> None:
+    tracker = MultiObjectTracker(TrackerParams(max_missed=1))
+    selector = TargetSelector("person", patience=3)
+    blue = Box(100, 100, 40, 80)
+    for step in range(3):
+        target = selector.select(tracker.update([person(100, 100)], now=step * DT, image=scene([(blue, BLUE)])))
+    assert target is not None
+    # The target is gone long enough for its track to be dropped; a bigger green person stands elsewhere.
+    big_green = Box(400, 50, 60, 160)
+    now = 3 * DT
+    for _ in range(3):
+        tracks = tracker.update([Detection("person", 0.9, big_green)], now=now, image=scene([(big_green, GREEN)]))
+        now += DT
+    assert target.track_id not in by_id(tracks)
+    assert selector.select(tracks) is None  # not a stranger, while patience lasts
+    # Blue comes back next to green: blue is picked although smaller.
+    people = [(blue, BLUE), (big_green, GREEN)]
+    tracks = tracker.update([Detection("person", 0.9, b) for b, _ in people], now=now, image=scene(people))
+    again = selector.select(tracks)
+    assert again is not None and again.box.cx == pytest.approx(blue.cx)
+    # Without the target for longer than the patience, the largest person is taken after all.
+    selector = TargetSelector("person", patience=2)
+    selector.select([Track(1, "person", blue, 0.9, 1, 0, 0.0, 0.0, colour=colour_histogram(scene(people), blue))])
+    green_track = Track(2, "person", big_green, 0.9, 1, 0, 0.0, 0.0, colour=colour_histogram(scene(people), big_green))
+    assert [selector.select([green_track]) for _ in range(3)] == [None, None, green_track]
+
+
+def test_colour_histograms() -> None:
+    blue, green = Box(100, 100, 40, 80), Box(300, 100, 40, 80)
+    image = scene([(blue, BLUE), (green, GREEN)])
+    h_blue, h_green = colour_histogram(image, blue), colour_histogram(image, green)
+    assert h_blue is not None and h_green is not None
+    assert h_blue.sum() == pytest.approx(1.0)
+    assert colour_distance(h_blue, h_blue) == pytest.approx(0.0, abs=1e-6)
+    assert colour_distance(h_blue, h_green) > 0.9
+    assert colour_histogram(image, Box(-50, 100, 20, 80)) is None  # off the image
 
 
 @pytest.mark.slow
@@ -208,3 +328,22 @@ def test_real_pedestrians_keep_stable_ids(model_paths: ModelPaths, data_dir: Pat
                 moved_far += math.hypot(box.cx - before[tid].cx, box.cy - before[tid].cy) > box.h
     assert continued >= 0.8 * pairs
     assert moved_far == 0
+
+
+def test_the_selector_follows_the_person_acquired_not_a_track_that_drifted_onto_someone_else() -> None:
+    blue, green = Box(100, 100, 40, 80), Box(300, 60, 60, 160)
+    image = scene([(blue, BLUE), (green, GREEN)])
+    h_blue, h_green = colour_histogram(image, blue), colour_histogram(image, green)
+    selector = TargetSelector("person")
+    first = Track(1, "person", blue, 0.9, 1, 0, 0.0, 0.0, colour=h_blue)
+    assert selector.select([first]) == first
+    # Track 1 now carries green clothes (the tracker swapped people in a crossing) while blue is track 2.
+    drifted = Track(1, "person", green, 0.9, 5, 0, 0.0, 0.5, colour=h_green)
+    blue_again = Track(2, "person", blue, 0.9, 1, 0, 0.5, 0.5, colour=h_blue)
+    assert selector.select([drifted, blue_again]) == blue_again and selector.target_id == 2
+    # A stranger taken after the patience is a stand-in: the acquired person is taken back when seen again.
+    selector = TargetSelector("person", patience=0)
+    selector.select([first])
+    stranger = Track(3, "person", green, 0.9, 1, 0, 1.0, 1.0, colour=h_green)
+    assert selector.select([stranger]) == stranger
+    assert selector.select([stranger, blue_again]) == blue_again
