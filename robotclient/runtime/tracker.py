@@ -318,19 +318,20 @@ class TargetSelector:
 
     When the tracks carry colours, the selector remembers the colours of the person it acquired and keeps
     following that person, not a track id: the memory learns only from the target while it still looks like
-    itself (a track that drifted onto someone else teaches it nothing). While the followed track looks like
-    someone else and a track that looks like the acquired person is in view, it goes back to that one. After
+    itself (a track that drifted onto someone else teaches it nothing). While another track in view looks
+    clearly more like the acquired person than the followed one (by ``switch_margin``), it goes back to it. After
     the target's track is dropped it picks (the largest of) the tracks that look like it (``colour_distance``
     up to ``max_colour_distance``) and, for up to ``patience`` selections, none rather than a stranger; after
     that it follows the largest person, still ready to go back to the acquired one when it reappears.
     """
 
     def __init__(self, wanted_class: str, max_colour_distance: float = 0.5, patience: int = 50,
-                 learning_rate: float = 0.1) -> None:
+                 learning_rate: float = 0.1, switch_margin: float = 0.1) -> None:
         self.wanted_class = wanted_class
         self.max_colour_distance = max_colour_distance
         self.patience = patience
         self.learning_rate = learning_rate
+        self.switch_margin = switch_margin
         self._target_id: int | None = None
         self._colour: np.ndarray | None = None  # the acquired person's, learnt only from that person
         self._waited = 0
@@ -343,13 +344,20 @@ class TargetSelector:
         return (self._colour is not None and track.colour is not None
                 and colour_distance(self._colour, track.colour) <= self.max_colour_distance)
 
+    def _distance(self, track: Track) -> float:
+        if self._colour is None or track.colour is None:
+            return math.inf
+        return colour_distance(self._colour, track.colour)
+
     def _follow(self, track: Track) -> Track:
         self._target_id = track.track_id
         self._waited = 0
         if track.colour is not None:
             if self._colour is None:
                 self._colour = track.colour
-            elif self._alike(track):  # learn slowly, and only from the acquired person
+            elif self._distance(track) <= 0.5 * self.max_colour_distance:
+                # Learn slowly, and only from a sighting that clearly is the acquired person: a track drifting onto
+                # someone of similar colours must not drag the memory along.
                 self._colour = cv2.addWeighted(self._colour, 1.0 - self.learning_rate, track.colour,
                                                self.learning_rate, 0.0)
         return track
@@ -360,9 +368,13 @@ class TargetSelector:
         alike = [t for t in candidates if self._alike(t)]
         current = next((t for t in tracks if t.track_id == self._target_id), None)
         if current is not None:
-            looks_other = self._colour is not None and current.colour is not None and not self._alike(current)
-            if not (looks_other and alike):
+            # Another track that looks clearly more like the acquired person than the followed one: the tracker
+            # swapped people in a crossing; go back to the person.
+            closer = [t for t in alike if t is not current
+                      and self._distance(t) + self.switch_margin < self._distance(current)]
+            if not closer:
                 return self._follow(current)
+            return self._follow(min(closer, key=lambda t: (self._distance(t), t.track_id)))
         if alike:
             return self._follow(min(alike, key=lambda t: (-t.box.area, t.track_id)))
         if current is not None:

@@ -347,3 +347,22 @@ def test_the_selector_follows_the_person_acquired_not_a_track_that_drifted_onto_
     stranger = Track(3, "person", green, 0.9, 1, 0, 1.0, 1.0, colour=h_green)
     assert selector.select([stranger]) == stranger
     assert selector.select([stranger, blue_again]) == blue_again
+
+
+def test_the_selector_goes_back_to_a_track_clearly_more_like_the_person_acquired() -> None:
+    """Both tracks look somewhat like the target (within the alike bound); the one clearly closer wins."""
+    blue, darker = Box(100, 100, 40, 80), Box(300, 100, 40, 80)
+    image = scene([(blue, BLUE), (darker, (160, 60, 40))])
+    h_blue, h_darker = colour_histogram(image, blue), colour_histogram(image, darker)
+    assert h_blue is not None and h_darker is not None
+    spread = colour_distance(h_blue, h_darker)
+    selector = TargetSelector("person", max_colour_distance=max(0.5, spread + 0.05), switch_margin=0.5 * spread)
+    selector.select([Track(1, "person", blue, 0.9, 1, 0, 0.0, 0.0, colour=h_blue)])
+    drifted = Track(1, "person", darker, 0.9, 4, 0, 0.0, 0.4, colour=h_darker)  # alike, but less so
+    person = Track(2, "person", blue, 0.9, 1, 0, 0.4, 0.4, colour=h_blue)
+    assert selector.select([drifted, person]) == person
+    # With only the drifted track in view, it is kept (alike), and the memory does not learn from it.
+    selector = TargetSelector("person", max_colour_distance=max(0.5, spread + 0.05))
+    selector.select([Track(1, "person", blue, 0.9, 1, 0, 0.0, 0.0, colour=h_blue)])
+    assert selector.select([drifted]) == drifted
+    assert selector.select([drifted, person]) == person
