@@ -61,7 +61,7 @@ from services.launcher import LocalStack
 from services.yolodetection.agreement import Agreement, agreement
 from services.yolodetection.decode import RawBox
 from services.yolodetection.engine_choice import PERSON
-from services.yolodetection.engines import EngineRequest, ModelFiles, open_engine
+from services.yolodetection.engines import EngineRequest, InferenceEngine, ModelFiles, open_engine
 from services.yolodetection.modeltools import model
 from services.yolodetection.reference import detect_raw
 
@@ -135,7 +135,7 @@ class MeshResult:
         return self.mesh_fps / self.bare_fps
 
 
-def run_mesh(clients: Clients, jpegs: Sequence[bytes], bare: object, rounds: int
+def run_mesh(clients: Clients, jpegs: Sequence[bytes], bare: InferenceEngine, rounds: int
              ) -> tuple[MeshResult, dict[int, list[RawBox]]]:
     """Rounds of: the aggregator on a slice of the frames, the bare pass on the same slice, the client's own
     parallel fan-out on it; the order turns each round."""
@@ -152,7 +152,7 @@ def run_mesh(clients: Clients, jpegs: Sequence[bytes], bare: object, rounds: int
         return Sample(latency_ms, len(served[number]), {"server": reply.timings_ms[stage.TOTAL]})
 
     blobs = [cv2.dnn.blobFromImage(decode(j), 1 / 255.0, INPUT, swapRB=True, crop=False) for j in jpegs]
-    infer = bare.infer  # type: ignore[attr-defined]
+    infer = bare.infer
     for blob in blobs[:5]:  # warm-ups: thread pools, allocations, connections
         infer(blob)
     drive(lambda n, j: guarded(aggregator, n, j), jpegs[-10:], 1)
@@ -198,8 +198,9 @@ def run_mesh(clients: Clients, jpegs: Sequence[bytes], bare: object, rounds: int
     return result, served
 
 
-def person_agreement(jpegs: Sequence[bytes], served: dict[int, list[RawBox]], reference_engine: object) -> Agreement:
-    reference = [[b for b in detect_raw(reference_engine.infer, decode(j), INPUT, 0.5, 0.4)  # type: ignore[attr-defined]
+def person_agreement(jpegs: Sequence[bytes], served: dict[int, list[RawBox]], reference_engine: InferenceEngine,
+                     ) -> Agreement:
+    reference = [[b for b in detect_raw(reference_engine.infer, decode(j), INPUT, 0.5, 0.4)
                   if b.class_id == PERSON] for j in jpegs]
     candidate = [served.get(i, []) for i in range(len(jpegs))]
     return agreement(reference, candidate, PERSON, only_class=PERSON)

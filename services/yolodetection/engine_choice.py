@@ -49,8 +49,12 @@ class Choice:
 def candidates(request: EngineRequest) -> list[EngineRequest]:
     """Concrete requests to try, fastest first (one element when nothing is left to ``auto``)."""
     engines = _ENGINES[request.device] if request.engine == AUTO else (request.engine,)
-    precisions = ("int8", "fp32") if request.precision == AUTO and request.device == "cpu" else (
-        ("fp32",) if request.precision == AUTO else (request.precision,))
+    if request.precision != AUTO:
+        precisions: tuple[str, ...] = (request.precision,)
+    elif request.device == "cpu":
+        precisions = ("int8", "fp32")
+    else:
+        precisions = ("fp32",)
     ordered = [(p, e) for p in precisions for e in engines]
     if request.engine == AUTO and request.precision == AUTO and request.device == "cpu":
         # The issue's rule on a CPU: INT8 where it passes, else the reference (FP32 cv2.dnn), which needs
@@ -129,9 +133,6 @@ def choose_engine(
         if result.good_enough:
             return Choice(engine, result, tuple(skipped))
         skipped.append(f"{label}: disagrees with FP32 cv2.dnn here: {result.summary()}")
-        close = getattr(engine, "close", None)
-        if close:
-            close()
     raise DeviceUnavailable("; ".join(skipped) or "no engine to try")
 
 

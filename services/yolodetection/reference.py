@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +55,11 @@ def reference_path(weights: Path, input_size: tuple[int, int]) -> Path:
     return Path(weights).with_name(f"{Path(weights).stem}-{width}x{height}-reference.npz")
 
 
-def detect_raw(infer: object, image: np.ndarray, input_size: tuple[int, int], conf_threshold: float,
-               nms_threshold: float) -> list[RawBox]:
+def detect_raw(infer: Callable[[np.ndarray], list[np.ndarray]], image: np.ndarray, input_size: tuple[int, int],
+               conf_threshold: float, nms_threshold: float) -> list[RawBox]:
     """One frame through ``infer`` (an engine's ``infer``), prepared and decoded exactly as the detector does."""
     blob = cv2.dnn.blobFromImage(image, 1 / 255.0, input_size, swapRB=True, crop=False)
-    heads = infer(blob)  # type: ignore[operator]
+    heads = infer(blob)
     height, width = image.shape[:2]
     return decode_heads([h[0] for h in heads], width, height, conf_threshold, nms_threshold)
 
