@@ -49,6 +49,9 @@ class ControlParams:
     """m/s per unit of size below the band's far edge."""
     retreat_gain: float = 1.5
     """m/s per unit of size above the band's near edge (backing off is more urgent than closing in)."""
+    cut_off_retreat: float = 0.15
+    """m/s back from a person whose box is cut off by the image's top or bottom edge: their size is unknown,
+    only that they are too near to be seen whole (and a detector loses a person whose head is cut off)."""
     max_accel: float = 0.5
     """m/s^2 bound on the change of forward speed while following (math.inf disables smoothing)."""
     turn_slowdown: bool = True
@@ -160,6 +163,8 @@ class FollowController:
 
     def _desired_forward(self, target: TargetView) -> float:
         far, near = self._params.portrait_band if target.portrait else self._params.landscape_band
+        if target.portrait and target.cut_off:
+            return -max(self._params.cut_off_retreat, self._params.retreat_gain * (target.size - near))
         if target.size < far:
             speed = self._params.approach_gain * (far - target.size)
             if self._params.turn_slowdown:

@@ -50,9 +50,16 @@ class Decision:
     announce: str | None
 
 
+CUT_OFF_MARGIN = 0.02
+"""A box within this fraction of the frame height from the top or bottom edge counts as cut off by it."""
+
+
 def target_view(track: Track, width: int, height: int) -> TargetView:
     box = track.box
-    return TargetView(offset=2.0 * box.cx / width - 1.0, size=box.h / height, portrait=box.h > box.w)
+    margin = CUT_OFF_MARGIN * height
+    cut_off = box.y <= margin or box.y + box.h >= height - margin
+    return TargetView(offset=2.0 * box.cx / width - 1.0, size=box.h / height, portrait=box.h > box.w,
+                      cut_off=cut_off)
 
 
 class FollowSession:

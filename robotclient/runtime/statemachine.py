@@ -54,6 +54,9 @@ class TargetView:
     """Box height / frame height: the controller's proxy for distance."""
     portrait: bool
     """Box taller than wide (a person) vs landscape (a face): they need different distance setpoints."""
+    cut_off: bool = False
+    """The box touches the image's top or bottom edge: the person is nearer than the frame shows, so ``size``
+    is only a lower bound (a horizontal camera cuts a standing person's head off well inside the stop band)."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,13 @@ def test_target_view_offsets_and_size() -> None:
     assert view.offset == pytest.approx(2 * 530 / 640 - 1)
     assert view.size == pytest.approx(0.5)
     assert view.portrait
+    assert view.cut_off, "a box from the top row: the person's head may be cut off"
+
+
+@pytest.mark.parametrize(("y", "h", "cut_off"), [(20, 300, False), (5, 300, True), (100, 375, True), (100, 360, False)])
+def test_target_view_knows_a_box_cut_off_by_the_top_or_bottom_edge(y: float, h: float, cut_off: bool) -> None:
+    track = Track(1, "person", Box(300, y, 80, h), 0.9, 1, 0, 0.0, 0.0)
+    assert target_view(track, WIDTH, HEIGHT).cut_off is cut_off
 
 
 def test_target_right_of_centre_makes_the_robot_follow_and_turn_right() -> None:
