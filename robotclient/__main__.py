@@ -381,7 +381,11 @@ def _live_view(port: int | None) -> LiveView | None:
         return None
     from robotclient.runtime.liveview import LiveView
 
-    live = LiveView(port=port).start()
+    try:
+        live = LiveView(port=port).start()
+    except OSError as err:
+        raise SystemExit(f"robotclient: cannot serve the live view on port {port}: {err.strerror or err}; "
+                         "choose another port with -w PORT") from None
     print(f"live view on http://{_host_name()}:{live.port}/", file=sys.stderr)
     return live
 

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=50051, help="objectdetection (aggregator) port")
     parser.add_argument("--face-port", type=int, default=50053)
     parser.add_argument("--yolo-port", type=int, default=50055)
-    parser.add_argument("--web-port", type=int, default=-1, help="aggregator MJPEG live view port; -1 disables")
+    parser.add_argument("--web-port", type=int, default=-1,
+                        help="aggregator live view port (each robot's frames in a browser); -1 disables")
     parser.add_argument("--log-dir", type=Path, default=None, help="write each service's JSON log here")
     parser.add_argument("--yolo-device", default="cpu", help="passed to yolodetection --device")
     parser.add_argument("--yolo-args", default="", help="more yolodetection arguments, e.g. "
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(args.face_port, args.yolo_port, args.port, host=args.host,
                        yolo_args=["--device", args.yolo_device, *shlex.split(args.yolo_args)],
                        face_args=shlex.split(args.face_args),
-                       aggregator_args=["--web-port", str(args.web_port)], log_dir=args.log_dir)
+                       aggregator_args=["--web-port", str(args.web_port), "--web-host", args.host],
+                       log_dir=args.log_dir)
     try:
         stack.start()
     except (RuntimeError, TimeoutError) as err:

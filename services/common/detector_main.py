@@ -14,6 +14,7 @@ from services.common.config import DEFAULT_MAX_IN_FLIGHT, ServerConfig, env_defa
 from services.common.cpus import available_cpus
 from services.common.detections import Detector
 from services.common.detector_service import DetectorCore, DetectorV1Servicer
+from services.common.errors import StartupError
 from services.common.identity import served_by_from_env
 from services.common.jsonlog import configure_logging
 from services.common.legacy import LegacyFaceServicer, LegacyYoloServicer
@@ -58,12 +59,15 @@ def run_detector_server(
         add_v1 = v1_grpc.add_YoloDetectionServicer_to_server
         add_legacy = legacy_grpc.add_YoloDetectionServicer_to_server
         legacy_servicer = LegacyYoloServicer(core)
-    server = ManagedServer(
-        config,
-        [
-            Registration(add_v1, DetectorV1Servicer(core, engine), f"robomesh.detection.v1.{v1_name}"),
-            Registration(add_legacy, legacy_servicer, v1_name),
-        ],
-        metrics,
-    )
-    return server.run_until_signal(lambda: detector.set(load_detector()))
+    try:
+        server = ManagedServer(
+            config,
+            [
+                Registration(add_v1, DetectorV1Servicer(core, engine), f"robomesh.detection.v1.{v1_name}"),
+                Registration(add_legacy, legacy_servicer, v1_name),
+            ],
+            metrics,
+        )
+        return server.run_until_signal(lambda: detector.set(load_detector()))
+    except StartupError as err:
+        raise SystemExit(f"{service}: {err}") from None

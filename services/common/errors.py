@@ -16,3 +16,7 @@ class RequestError(Exception):
 
 def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+class StartupError(Exception):
+    """A mistake found while starting (a taken port...): ``main`` prints its one-line message and exits 1."""

@@ -21,10 +21,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ServerConfig
+from services.common.errors import StartupError
 from services.common.guard import InFlightLimit, RequestGuard
 from services.common.metrics import ServiceMetrics
+from services.common.ports import GRPC, METRICS, port_error, probe
 
 log = logging.getLogger(__name__)
+METRICS_HOST = "0.0.0.0"  # Prometheus scrapes the pod IP
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,21 @@ class ManagedServer:
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{config.host}:{config.port}"
+        if (taken := probe(config.host, config.port)) is not None:
+            raise port_error(GRPC, config.host, config.port, taken)
         if config.tls is not None:
             try:
                 self.port = self.server.add_secure_port(address, config.tls.credentials())
             except RuntimeError as err:  # gRPC says only "Failed to bind"; a key check needs `cryptography`
-                raise OSError(f"cannot serve TLS on {address}: the port is taken, or --tls-key is not the key "
-                              "of --tls-cert") from err
+                raise StartupError(f"cannot serve gRPC with TLS on {address}: --tls-key is not the key of "
+                                   "--tls-cert (or the port was taken meanwhile)") from err
         else:
             try:
                 self.port = self.server.add_insecure_port(address)
             except RuntimeError as err:  # newer grpc raises where older returned port 0
-                raise OSError(f"cannot bind {address}: the port is taken (another server?)") from err
+                raise port_error(GRPC, config.host, config.port, None) from err
         if not self.port:
-            raise OSError(f"cannot bind {config.host}:{config.port}")
+            raise port_error(GRPC, config.host, config.port, None)
         self.stop_requested = threading.Event()
 
     def _set_health(self, status: int) -> None:
@@ -90,10 +95,14 @@ class ManagedServer:
             self.health.set(name, status)
 
     def start(self) -> None:
-        self.server.start()
+        """Serve /metrics, then gRPC; a metrics port that cannot be bound is a ``StartupError``."""
         if self.config.metrics_port >= 0:
-            bound = self.metrics.start_http(self.config.metrics_port)
+            try:
+                bound = self.metrics.start_http(self.config.metrics_port, METRICS_HOST)
+            except OSError as err:
+                raise port_error(METRICS, METRICS_HOST, self.config.metrics_port, err) from err
             log.info("metrics listening", extra={"metrics_port": bound})
+        self.server.start()
         log.info("gRPC listening (NOT_SERVING until loaded)", extra={"port": self.port, "host": self.config.host})
 
     def mark_serving(self) -> None:

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from protos import detection_pb2_grpc as legacy_grpc
 from protos import detection_v1_pb2 as v1
 from protos import detection_v1_pb2_grpc as v1_grpc
 from services.common.config import ServerConfig, add_server_arguments, env_default
+from services.common.errors import StartupError
 from services.common.identity import served_by_from_env
 from services.common.jsonlog import configure_logging
 from services.common.metrics import ServiceMetrics
+from services.common.ports import PortSetting, port_error
 from services.common.server import ManagedServer, Registration
 from services.common.tls import ClientTls, TlsConfigError
 from services.objectdetection.aggregator import Aggregator
 from services.objectdetection.fanout import DetectorClient, FanOut
-from services.objectdetection.liveview import LastFrame, LiveView
+from services.objectdetection.liveview import DEFAULT_HOST as DEFAULT_WEB_HOST
+from services.objectdetection.liveview import DEFAULT_STALL_AFTER_S, LiveView
 from services.objectdetection.merge import UserIdRule
 from services.objectdetection.servicer import LegacyObjectDetectionServicer, ObjectDetectionV1Servicer
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9091
+WEB = PortSetting("the live view", "--web-port", "WEB_PORT", "--web-host", "WEB_HOST", can_disable=True)
+log = logging.getLogger("services.objectdetection")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--user-ids", default=env_default("ALLOWED_USER_IDS", "0-5"),
                    help="user ids served, e.g. 0-5 (the original rule) or any; others get NOT_FOUND "
                         "[ALLOWED_USER_IDS]")
-    g.add_argument("--web-port", type=int, default=env_default("WEB_PORT", -1),
-                   help="MJPEG live view of the last frame on this HTTP port (the original used 8088); "
-                        "-1 disables [WEB_PORT]")
+    w = parser.add_argument_group("live view (each robot's frames with their boxes, in a browser)")
+    w.add_argument("--web-port", type=int, default=env_default("WEB_PORT", -1),
+                   help="serve the live view on this HTTP port (the original used 8088); -1 disables [WEB_PORT]")
+    w.add_argument("--web-host", default=env_default("WEB_HOST", DEFAULT_WEB_HOST),
+                   help="address the live view binds; loopback by default (reach it with kubectl port-forward or "
+                        "an SSH tunnel); 0.0.0.0 or [::] opens it to the network [WEB_HOST]")
+    w.add_argument("--web-stall-after", type=float, default=env_default("WEB_STALL_AFTER_S", DEFAULT_STALL_AFTER_S),
+                   help="the live view's /healthz answers 503 when a robot that was sending has sent no frame for "
+                        "this many seconds (a robot silent for 2 min counts as gone); 0 turns the check off "
+                        "[WEB_STALL_AFTER_S]")
     t = parser.add_argument_group("TLS to the detectors (direct gRPC only; in the mesh Istio does mTLS)")
     t.add_argument("--detector-tls-ca", default=env_default("DETECTOR_TLS_CA", None),
                    help="PEM CA that signed the detectors' certificates; turns TLS on for that hop "
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         users = UserIdRule.parse(args.user_ids)
     except ValueError as err:
         parser.error(str(err))
+    if args.web_stall_after < 0:
+        parser.error(f"--web-stall-after must be >= 0 (0 turns the check off); got {args.web_stall_after:g}")
     config = ServerConfig.from_args(args)
     tls = detector_tls(args)
     configure_logging("objectdetection", config.log_level)
@@ -87,34 +102,40 @@ def main(argv: list[str] | None = None) -> int:
     if not clients:
         parser.error("at least one of --face and --yolo is needed")
     fanout = FanOut(clients, args.detector_timeout)
-    live_view = None
-    last_frame = None
-    if args.web_port >= 0:
-        last_frame = LastFrame()
-        live_view = LiveView(last_frame, "0.0.0.0", args.web_port)
+    live_view = (LiveView(args.web_host, args.web_port, stall_after_s=args.web_stall_after or None)
+                 if args.web_port >= 0 else None)
     aggregator = Aggregator(fanout, users, config.limits, config.max_results_limit, identity, metrics,
-                            on_frame=last_frame.update if last_frame else None)
-    server = ManagedServer(
-        config,
-        [
-            Registration(v1_grpc.add_ObjectDetectionServicer_to_server, ObjectDetectionV1Servicer(aggregator),
-                         "robomesh.detection.v1.ObjectDetection"),
-            Registration(legacy_grpc.add_ObjectDetectionServicer_to_server,
-                         LegacyObjectDetectionServicer(aggregator), "ObjectDetection"),
-        ],
-        metrics,
-    )
-    if live_view:
-        live_view.start()
+                            on_frame=live_view.shown if live_view else None)
     try:
+        server = ManagedServer(
+            config,
+            [
+                Registration(v1_grpc.add_ObjectDetectionServicer_to_server, ObjectDetectionV1Servicer(aggregator),
+                             "robomesh.detection.v1.ObjectDetection"),
+                Registration(legacy_grpc.add_ObjectDetectionServicer_to_server,
+                             LegacyObjectDetectionServicer(aggregator), "ObjectDetection"),
+            ],
+            metrics,
+        )
+        if live_view:
+            start_live_view(live_view)
         # Nothing to load: partial replies are valid answers, so readiness does not wait for the detectors.
         return server.run_until_signal(lambda: None)
+    except StartupError as err:
+        raise SystemExit(f"objectdetection: {err}") from None
     finally:
         if live_view:
             live_view.stop()
         fanout.close()
 
 
+def start_live_view(live_view: LiveView) -> None:
+    """Bind the live view and log its address; a port that cannot be bound is a ``StartupError``."""
+    try:
+        live_view.start()
+    except OSError as err:
+        raise port_error(WEB, live_view.host, live_view.port, err) from err
+    log.info("live view listening", extra={"url": live_view.url, "robot_page": f"{live_view.url}robot/ID"})
 
 
 if __name__ == "__main__":

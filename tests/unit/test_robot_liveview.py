@@ -67,8 +67,17 @@ def test_page_health_and_unknown_paths(view: LiveView) -> None:
     body = reply.read()
     assert b'<img src="/stream"' in body and b"<title>robot client live view</title>" in body
     health = json.loads(_get(view.port, "/healthz").read())
-    assert health == {"status": "ok", "frames": 0, "live": False, "viewers": 0}
+    assert health == {"status": "ok", "frames": 0, "live": False, "viewers": 0, "feeds": [
+        {"name": "camera", "state": "waiting", "frames": 0, "age_s": None, "viewers": 0}]}
     assert _get(view.port, "/nothing").status == 404
+    assert _get(view.port, "/robot/1").status == 404  # one source: no per-source pages
+
+
+def test_before_the_first_frame_a_waiting_picture(view: LiveView) -> None:
+    reply = _get(view.port, "/frame.jpg")
+    assert reply.status == 200 and reply.getheader("X-Liveview") == "waiting"
+    waiting = _decode(reply.read())
+    assert waiting.shape == (480, 640, 3) and waiting.max() > 150  # dark, with text on it
 
 
 def test_frame_is_the_published_image(view: LiveView, vtest_frames: list[np.ndarray]) -> None:
@@ -100,19 +109,25 @@ def test_stream_sends_jpeg_parts_between_boundaries(view: LiveView) -> None:
     reply.close()
 
 
-def test_stale_frames_become_the_paused_placeholder(view: LiveView, clock: FakeClock) -> None:
+def test_stale_frames_are_shown_dimmed_with_their_age(view: LiveView, clock: FakeClock) -> None:
     frame = np.full((120, 160, 3), (0, 255, 0), np.uint8)
     view.publish(frame)
     clock.now += 1.9
     assert _get(view.port, "/frame.jpg").getheader("X-Liveview") == "live"
     clock.now += 0.2  # 2.1 s without a new frame
     reply = _get(view.port, "/frame.jpg")
-    assert reply.getheader("X-Liveview") == "paused"
+    assert reply.getheader("X-Liveview") == "stale"
     paused = _decode(reply.read())
-    assert paused.shape == frame.shape  # the placeholder keeps the size of the last frame
-    assert paused[:, :, 1].mean() < 100  # no longer the green frame
-    assert paused.max() > 100  # but has text on it
-    assert json.loads(_get(view.port, "/healthz").read())["live"] is False
+    assert paused.shape == frame.shape  # the last frame, dimmed
+    corner = paused[:10, :10].reshape(-1, 3).mean(axis=0)
+    assert 60 < corner[1] < 120 and corner[0] < 30 and corner[2] < 30  # still green, but dark
+    assert (paused.min(axis=2) > 150).any()  # with the text on it
+    reply = _get(view.port, "/healthz")
+    assert reply.status == 200  # the robot may be paused: not a failure
+    health = json.loads(reply.read())
+    assert health["status"] == "ok" and health["live"] is False and health["feeds"][0]["state"] == "stale"
+    clock.now += 1000
+    assert _get(view.port, "/healthz").status == 200  # never a stall on the robot
     view.publish(frame)
     assert _get(view.port, "/frame.jpg").getheader("X-Liveview") == "live"
 
@@ -142,8 +157,20 @@ def test_stop_closes_the_port(clock: FakeClock) -> None:
 def test_publish_never_encodes(clock: FakeClock) -> None:
     live = LiveView("127.0.0.1", 0, clock=clock)  # not even started: nobody watches
     live.publish(np.zeros((10, 10, 3), np.uint8))
-    assert live._encoded == (None, b"")
+    assert live.encodes == 0
     assert live.port == 0
+
+
+def test_one_encoding_per_frame_however_many_watch(view: LiveView) -> None:
+    view.publish(np.zeros((10, 10, 3), np.uint8))
+    for _ in range(3):
+        assert _get(view.port, "/frame.jpg").status == 200
+    assert view.encodes == 1
+
+
+def test_a_taken_port_is_an_os_error(view: LiveView) -> None:
+    with pytest.raises(OSError):
+        LiveView("127.0.0.1", view.port).start()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

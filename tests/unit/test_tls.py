@@ -117,12 +117,13 @@ def test_robot_cli_checks_files_before_starting(pki: Pki, tmp_path: Path) -> Non
 
 def test_mismatched_pair_without_the_cryptography_check_still_fails_clearly(pki: Pki) -> None:
     """Where `cryptography` is not installed (runtime images), gRPC's bind failure is explained."""
+    from services.common.errors import StartupError
     from services.common.metrics import ServiceMetrics
     from services.common.server import ManagedServer
 
     config = ServerConfig.from_args(_server_args(["--host", "127.0.0.1", "--port", "0"]))
     wrong = tls.ServerTls(pki.server.cert.read_bytes(), pki.client.key.read_bytes())
-    with pytest.raises(OSError, match="--tls-key is not the key of --tls-cert"):
+    with pytest.raises(StartupError, match="--tls-key is not the key of --tls-cert"):
         ManagedServer(dataclasses.replace(config, tls=wrong), [], ServiceMetrics("facedetection", "t", "t"))
     right = tls.ServerTls.from_files(str(pki.server.cert), str(pki.server.key))
     server = ManagedServer(dataclasses.replace(config, tls=right), [], ServiceMetrics("facedetection", "t", "t"))
