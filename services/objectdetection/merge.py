@@ -11,7 +11,7 @@ from protos import detection_v1_pb2 as v1
 from services.common.errors import RequestError, invalid
 
 # Incoming headers copied to the detector calls so that traces join up across the mesh, and the
-# robot's id so that Istio's header routes (istio/yolodetection-by-robot-id.yaml) apply to the
+# robot's id so that Istio's header routes (istio/steps/yolodetection-by-robot-id.yaml) apply to the
 # detector hop too.
 TRACE_HEADERS = frozenset({"x-request-id", "traceparent", "tracestate", "b3", "x-ot-span-context", "x-robot-id"})
 TRACE_HEADER_PREFIXES = ("x-b3-",)

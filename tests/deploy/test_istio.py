@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.manifests import KUBECTL_EXTENSIONS, kubectl_files
+
 ROOT = Path(__file__).resolve().parents[2]
 ISTIO = ROOT / "istio"
 KUBE = ROOT / "kube"
@@ -31,21 +33,23 @@ GATEWAY_PORT = 31400
 GRPC_PORTS = {"objectdetection": 50051, "facedetection": 50053, "yolodetection": 50055}
 METRICS_PORTS = {"objectdetection": 9091, "facedetection": 9093, "yolodetection": 9095}
 
-# The files named in the shared naming contract (/tmp/contract/contract.md).
+# The files named in the shared naming contract (/tmp/contract/contract.md), by their path under istio/.
+# The top level is the baseline, all that `kubectl apply -f istio` reads (it does not recurse); what
+# replaces a baseline object lives in a subfolder: traffic steps, faults, opt-in security.
+STEPS, FAULTS, OPT_IN = "steps", "faults", "opt-in"
 YOLO_STEPS = [(100, 0), (90, 10), (50, 50), (0, 100)]
-YOLO_STEP_FILES = [f"yolodetection-shift-{a}-{b}.yaml" for a, b in YOLO_STEPS]
-OD_STEP_FILES = {  # file -> (edge weight, cloud weight)
-    "objectdetection-edge.yaml": (100, 0),
-    "objectdetection-shift-edge-cloud-50-50.yaml": (50, 50),
-    "objectdetection-cloud.yaml": (0, 100),
-}
+YOLO_STEP_FILES = [f"{STEPS}/yolodetection-shift-{a}-{b}.yaml" for a, b in YOLO_STEPS]
+YOLO_90_10, YOLO_50_50 = YOLO_STEP_FILES[1:3]
+OD_EDGE = f"{STEPS}/objectdetection-edge.yaml"
+OD_50_50 = f"{STEPS}/objectdetection-shift-edge-cloud-50-50.yaml"
+OD_CLOUD = f"{STEPS}/objectdetection-cloud.yaml"
+OD_STEP_FILES = {OD_EDGE: (100, 0), OD_50_50: (50, 50), OD_CLOUD: (0, 100)}  # file -> (edge weight, cloud weight)
 BASELINE = "virtual-services.yaml"
-HEADER_FILE = "yolodetection-by-robot-id.yaml"
-FAULT_FILE = "fault-delay-yolodetection.yaml"
-CONTRACT_FILES = {
-    "gateway.yaml", "destination-rules.yaml", BASELINE, "security.yaml", "security-nodeport.yaml",
-    HEADER_FILE, FAULT_FILE, *YOLO_STEP_FILES, *OD_STEP_FILES,
-}
+HEADER_FILE = f"{STEPS}/yolodetection-by-robot-id.yaml"
+FAULT_FILE = f"{FAULTS}/fault-delay-yolodetection.yaml"
+NODEPORT_FILE = f"{OPT_IN}/security-nodeport.yaml"
+TOP_LEVEL = {"gateway.yaml", "destination-rules.yaml", BASELINE, "security.yaml"}
+CONTRACT_FILES = {*TOP_LEVEL, NODEPORT_FILE, HEADER_FILE, FAULT_FILE, *YOLO_STEP_FILES, *OD_STEP_FILES}
 EXPECTED_SUBSETS = {
     "yolodetection": {"v1": {"version": "v1"}, "v2": {"version": "v2"}, "v3": {"version": "v3"}},
     "objectdetection": {"edge": {"site": "edge"}, "cloud": {"site": "cloud"}},
@@ -75,6 +79,21 @@ def load_dir(path: Path) -> Docs:
     return out
 
 
+def load_tree(path: Path) -> Docs:
+    """Every file kubectl could be pointed at under a folder (.yaml, .yml, .json), keyed by its path
+    relative to it: "virtual-services.yaml" at the top level, "steps/..." below; empty documents dropped."""
+    out: Docs = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in KUBECTL_EXTENSIONS):
+        with f.open(encoding="utf-8") as fh:
+            out[f.relative_to(path).as_posix()] = [d for d in yaml.safe_load_all(fh) if d is not None]
+    return out
+
+
+def top_level(docs: Docs) -> Docs:
+    """What `kubectl apply -f istio` reads: the files directly in istio/."""
+    return {name: ds for name, ds in docs.items() if "/" not in name}
+
+
 def everything(docs: Docs) -> list[Doc]:
     return [d for ds in docs.values() for d in ds]
 
@@ -85,7 +104,7 @@ def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
 
 @pytest.fixture(scope="module")
 def istio() -> Docs:
-    docs = load_dir(ISTIO)
+    docs = load_tree(ISTIO)
     assert docs, f"no YAML files in {ISTIO}"
     return docs
 
@@ -383,22 +402,22 @@ def security_problems(docs: Docs) -> list[str]:
 
 
 def nodeport_problems(docs: Docs) -> list[str]:
-    """security-nodeport.yaml: replaces security.yaml's objectdetection objects, opens only 50051."""
+    """opt-in/security-nodeport.yaml: replaces security.yaml's objectdetection objects, opens only 50051."""
     problems = []
-    ds = docs.get("security-nodeport.yaml", [])
+    ds = docs.get(NODEPORT_FILE, [])
     base = {(d["kind"], d["metadata"]["name"]): d for d in docs.get("security.yaml", [])}
     if not ds:
-        problems.append("security-nodeport.yaml is empty")
+        problems.append(f"{NODEPORT_FILE} is empty")
     for d in ds:
         key = (d["kind"], d["metadata"]["name"])
         if key not in base:
-            problems.append(f"security-nodeport.yaml: {key} does not replace an object of security.yaml")
+            problems.append(f"{NODEPORT_FILE}: {key} does not replace an object of security.yaml")
         if d["spec"].get("selector", {}).get("matchLabels") != {"app": "objectdetection"}:
-            problems.append(f"security-nodeport.yaml: {key} must select app=objectdetection only")
+            problems.append(f"{NODEPORT_FILE}: {key} must select app=objectdetection only")
     pa = next((d for d in of_kind(ds, "PeerAuthentication")), None)
     port_mtls = (pa["spec"].get("portLevelMtls") or {}) if pa else {}
     if port_mtls.get(str(GRPC_PORTS["objectdetection"]), {}).get("mode") != "PERMISSIVE":
-        problems.append("security-nodeport.yaml: objectdetection port 50051 is not PERMISSIVE")
+        problems.append(f"{NODEPORT_FILE}: objectdetection port 50051 is not PERMISSIVE")
     return problems
 
 
@@ -501,7 +520,8 @@ def step_problems(docs: Docs) -> list[str]:
         problems.append("objectdetection VirtualServices disagree on hosts/gateways")
     for fname in docs:
         known = fname in steps or fname in (BASELINE, HEADER_FILE, FAULT_FILE)
-        if fname.split("-")[0] in GRPC_PORTS and not known:
+        in_steps = fname.startswith((f"{STEPS}/", f"{FAULTS}/"))
+        if (in_steps or Path(fname).name.split("-")[0] in GRPC_PORTS) and not known:
             problems.append(f"{fname}: a step file the tests do not know")
     return problems
 
@@ -543,7 +563,68 @@ def fault_problems(docs: Docs) -> list[str]:
     return problems
 
 
+def _object_key(d: Doc) -> tuple[str, str, str]:
+    meta = d.get("metadata") or {}
+    return d.get("kind", ""), meta.get("namespace", NAMESPACE), meta.get("name", "")
+
+
+def layout_problems(docs: Docs) -> list[str]:
+    """`kubectl apply -f istio` applies the baseline only, unambiguously; the subfolders replace parts of it.
+
+    The top level (all that kubectl reads without -R) holds the baseline files, no two objects of one kind,
+    namespace and name (kubectl would apply both, the later silently winning) and one VirtualService per
+    host. A file in steps/ or faults/ holds VirtualServices, one in opt-in/ security objects; each object
+    replaces a baseline object (same kind, namespace and name), and a VirtualService routes the host that
+    its baseline namesake routes.
+    """
+    problems = []
+    top = top_level(docs)
+    if set(top) != TOP_LEVEL:
+        problems.append(f"istio/ top level holds {sorted(top)}; want the baseline {sorted(TOP_LEVEL)} only")
+    baseline: dict[tuple[str, str, str], str] = {}
+    for fname, ds in top.items():
+        for d in ds:
+            key = _object_key(d)
+            if key in baseline:
+                problems.append(f"{fname}: {key} is also in {baseline[key]}: kubectl apply -f istio applies both")
+            baseline.setdefault(key, fname)
+    routes: dict[tuple[str, str], str] = {}  # (service, namespace) -> name of its baseline VirtualService
+    for vs in of_kind(everything(top), "VirtualService"):
+        for host in {service_of(d["host"]) for d in destinations(vs)}:
+            if host in routes:
+                problems.append(f"baseline VirtualServices {routes[host]} and {vs['metadata']['name']} "
+                                f"both route {host}")
+            routes.setdefault(host, vs["metadata"]["name"])
+    kinds = {STEPS: {"VirtualService"}, FAULTS: {"VirtualService"},
+             OPT_IN: {"PeerAuthentication", "AuthorizationPolicy"}}
+    for fname, ds in docs.items():
+        if fname in top:
+            continue
+        folder = fname.split("/")[0]
+        if folder not in kinds or fname.count("/") != 1:
+            problems.append(f"{fname}: outside {sorted(kinds)} (kubectl apply -f istio/<folder> must stay meaningful)")
+            continue
+        if not ds:
+            problems.append(f"{fname}: no documents")
+        for d in ds:
+            key = _object_key(d)
+            if key[0] not in kinds[folder]:
+                problems.append(f"{fname}: a {key[0]} does not belong in {folder}/")
+            if key not in baseline:
+                problems.append(f"{fname}: {key[0]} {key[2]} replaces no object of the baseline (istio/*.yaml)")
+            if key[0] == "VirtualService":
+                for host in {service_of(dest["host"]) for dest in destinations(d)}:
+                    if routes.get(host) != key[2]:
+                        problems.append(f"{fname}: routes {host[0]}, whose baseline VirtualService is "
+                                        f"{routes.get(host)!r}, not {key[2]!r}")
+    return problems
+
+
 # ----------------------------------------------------------------------------- tests on the real files
+
+
+def test_kubectl_apply_f_istio_reads_the_baseline_only():
+    assert {p.name for p in kubectl_files(ISTIO)} == TOP_LEVEL
 
 def test_every_file_parses_and_the_contract_files_exist(istio):
     assert set(istio) >= CONTRACT_FILES, sorted(CONTRACT_FILES - set(istio))
@@ -557,7 +638,7 @@ def test_schema(istio):
 
 @pytest.mark.parametrize("check", [subset_problems, route_problems, security_problems, nodeport_problems,
                                    gateway_problems, locality_problems, step_problems, header_problems,
-                                   fault_problems], ids=lambda f: f.__name__)
+                                   fault_problems, layout_problems], ids=lambda f: f.__name__)
 def test_semantics(istio, check):
     assert check(istio) == []
 
@@ -614,14 +695,14 @@ MUTATIONS: list[tuple[str, Mutation, Callable[[Docs], list[str]]]] = [
      schema_problems),
     ("wrong namespace", lambda d: _set(_dr(d, "yolodetection")["metadata"], "namespace", "default"),
      schema_problems),
-    ("undeclared subset", lambda d: _set(destinations(_vs(d, "yolodetection-shift-50-50.yaml"))[1], "subset", "v9"),
+    ("undeclared subset", lambda d: _set(destinations(_vs(d, YOLO_50_50))[1], "subset", "v9"),
      subset_problems),
     ("subset declared twice", lambda d: _dr(d, "yolodetection")["spec"]["subsets"].append(
         {"name": "v1", "labels": {"version": "v1"}}), subset_problems),
     ("contract subset missing", lambda d: _dr(d, "facedetection")["spec"].update(subsets=[]), subset_problems),
     ("DestinationRule outside its file", lambda d: d[FAULT_FILE].append(copy.deepcopy(_dr(d, "facedetection"))),
      subset_problems),
-    ("weights 90+20", lambda d: _set(_vs(d, "yolodetection-shift-90-10.yaml")["spec"]["http"][0]["route"][1],
+    ("weights 90+20", lambda d: _set(_vs(d, YOLO_90_10)["spec"]["http"][0]["route"][1],
                                      "weight", 20), route_problems),
     ("timeout over 1 s", lambda d: _set(_vs(d, BASELINE, "facedetection")["spec"]["http"][0], "timeout", "2s"),
      route_problems),
@@ -643,9 +724,9 @@ MUTATIONS: list[tuple[str, Mutation, Callable[[Docs], list[str]]]] = [
     ("rule without ports", lambda d: _obj(d, "security.yaml", "AuthorizationPolicy", "facedetection")["spec"][
         "rules"][1].pop("to"), security_problems),
     ("nodeport file under another name", lambda d: _set(
-        _obj(d, "security-nodeport.yaml", "PeerAuthentication", "objectdetection")["metadata"], "name", "nodeport"),
+        _obj(d, NODEPORT_FILE, "PeerAuthentication", "objectdetection")["metadata"], "name", "nodeport"),
      nodeport_problems),
-    ("nodeport file keeps 50051 STRICT", lambda d: _obj(d, "security-nodeport.yaml", "PeerAuthentication",
+    ("nodeport file keeps 50051 STRICT", lambda d: _obj(d, NODEPORT_FILE, "PeerAuthentication",
                                                         "objectdetection")["spec"]["portLevelMtls"].pop("50051"),
      nodeport_problems),
     ("VS binds another gateway", lambda d: _set(_vs(d, BASELINE, "objectdetection")["spec"], "gateways", ["other"]),
@@ -665,21 +746,33 @@ MUTATIONS: list[tuple[str, Mutation, Callable[[Docs], list[str]]]] = [
     ("one connection per call", lambda d: _set(_dr(d, "facedetection")["spec"]["trafficPolicy"]["connectionPool"][
         "http"], "maxRequestsPerConnection", 1), locality_problems),
     ("step weights swapped", lambda d: [_set(r, "weight", w) for r, w in zip(
-        _vs(d, "yolodetection-shift-90-10.yaml")["spec"]["http"][0]["route"], (10, 90), strict=True)], step_problems),
-    ("step subsets reordered", lambda d: _vs(d, "objectdetection-shift-edge-cloud-50-50.yaml")["spec"]["http"][0][
+        _vs(d, YOLO_90_10)["spec"]["http"][0]["route"], (10, 90), strict=True)], step_problems),
+    ("step subsets reordered", lambda d: _vs(d, OD_50_50)["spec"]["http"][0][
         "route"].reverse(), step_problems),
-    ("step file renamed VS", lambda d: _set(_vs(d, "objectdetection-cloud.yaml")["metadata"], "name", "od-cloud"),
+    ("step file renamed VS", lambda d: _set(_vs(d, OD_CLOUD)["metadata"], "name", "od-cloud"),
      step_problems),
-    ("step file missing", lambda d: d.pop("yolodetection-shift-50-50.yaml"), step_problems),
-    ("unknown step file", lambda d: d.update({"yolodetection-shift-70-30.yaml": copy.deepcopy(
-        d["yolodetection-shift-50-50.yaml"])}), step_problems),
-    ("step on the mesh only", lambda d: _vs(d, "objectdetection-edge.yaml")["spec"].pop("gateways"), step_problems),
+    ("step file missing", lambda d: d.pop(YOLO_50_50), step_problems),
+    ("unknown step file", lambda d: d.update({f"{STEPS}/yolodetection-shift-70-30.yaml": copy.deepcopy(
+        d[YOLO_50_50])}), step_problems),
+    ("step on the mesh only", lambda d: _vs(d, OD_EDGE)["spec"].pop("gateways"), step_problems),
     ("header route on another header", lambda d: _set(_vs(d, HEADER_FILE)["spec"]["http"][0]["match"][0], "headers",
                                                       {"x-user": {"exact": "2"}}), header_problems),
     ("header route without default", lambda d: _vs(d, HEADER_FILE)["spec"]["http"].pop(), header_problems),
     ("fault on half the calls", lambda d: _set(_vs(d, FAULT_FILE)["spec"]["http"][0]["fault"]["delay"]["percentage"],
                                                "value", 50), fault_problems),
     ("fault removed", lambda d: _vs(d, FAULT_FILE)["spec"]["http"][0].pop("fault"), fault_problems),
+    ("step file at the top level", lambda d: d.update({"yolodetection-shift-90-10.yaml": copy.deepcopy(d[YOLO_90_10])}),
+     layout_problems),
+    ("one name twice at the top level", lambda d: d["security.yaml"].append(copy.deepcopy(
+        _obj(d, NODEPORT_FILE, "PeerAuthentication", "objectdetection"))), layout_problems),
+    ("step for a host without a baseline", lambda d: d.update({BASELINE: [
+        vs for vs in d[BASELINE] if vs["metadata"]["name"] != "yolodetection"]}), layout_problems),
+    ("fault named after another host", lambda d: _set(_vs(d, FAULT_FILE)["metadata"], "name", "facedetection"),
+     layout_problems),
+    ("file in an unknown folder", lambda d: d.update({"experiments/x.yaml": copy.deepcopy(d[YOLO_50_50])}),
+     layout_problems),
+    ("security object among the steps", lambda d: d[OD_EDGE].append(copy.deepcopy(
+        _obj(d, "security.yaml", "PeerAuthentication", "default"))), layout_problems),
 ]
 
 

