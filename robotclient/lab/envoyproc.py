@@ -125,6 +125,9 @@ class EnvoyProcess:
             [self.binary, "-c", str(self.config_path), "--base-id", str(self.listen_port), "--disable-hot-restart",
              "--concurrency", "1", "-l", "warning"],
             stdout=self._log, stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C at the terminal reaches the runner, which stops Envoy after the robots,
+            # rather than Envoy at once (the last calls would fail UNAVAILABLE).
+            start_new_session=True,
         )
         self._wait_version(str(self._version), timeout_s)
         return self

@@ -1,20 +1,23 @@
 """What an experiment saw: per window and per phase, who served (split in %), how fast, what failed.
 
-Pure (the plot aside, which only writes the file it is given): records in,
-dictionaries out, so that the figures can be checked against hand-made
-records without a mesh.
+Pure: records and phase spans in, dictionaries and one-line texts out, so
+that the figures can be checked against hand-made records without a mesh
+(the plot is drawn from the summary by ``experiment_plot``). Windows are laid
+out from each phase's start; a phase's statistics count from when its
+replies show the new routing (``propagation``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from robotclient.lab.propagation import routing_change
 from robotclient.runtime.records import percentile
 
 
@@ -58,12 +61,25 @@ SPLIT_KEYS = ("version", "site", "yolo_version", "yolo_site", "face_version")
 
 @dataclass(frozen=True)
 class PhaseSpan:
-    """A phase of the schedule as it really ran, with the split it was configured for (if known)."""
+    """A phase of the schedule as it really ran, with the split it was configured for (if known).
+
+    Times are seconds since the experiment started. From ``start_s`` (the phase's step issued; 0 for the first
+    phase, whose step is applied before the robots start) calls carry the phase's name; the statistics count
+    from when the replies show the new routing (``propagation``), else from ``applied_s``.
+    """
 
     name: str
     start_s: float
     end_s: float
     configured: Mapping[str, float] = field(default_factory=dict)
+    applied_s: float | None = None
+    """The step's apply returned (``kubectl apply``, the local Envoy's switch); None: at ``start_s``."""
+    planned_end_s: float | None = None
+    """``applied_s + duration_s``; None: open-ended (``--frames``). Windows are laid out up to it."""
+    before: Mapping[str, float] | None = None
+    """The weights configured before the step; None: unknown."""
+    completed: bool = True
+    """False for a phase cut short (Ctrl-C, an error) or still running at a checkpoint."""
 
 
 def record_from_row(row: Mapping[str, str]) -> ReplyRecord:
@@ -102,52 +118,155 @@ def latency_by(records: Sequence[ReplyRecord], key: str) -> dict[str, dict[str, 
             for k, v in sorted(groups.items())}
 
 
-def group_summary(records: Sequence[ReplyRecord], key: str) -> dict[str, Any]:
-    """Count, split, latency per version and errors by code of one group of calls."""
+def group_summary(records: Sequence[ReplyRecord], key: str, by_robot: bool = False) -> dict[str, Any]:
+    """Count, split, latency per version and errors by code of one group of calls (and per robot)."""
     rtts = [r.rtt_ms for r in records if r.ok]
     splits = {k: split_percent(records, k) for k in SPLIT_KEYS}
-    return {
+    failed = sum(1 for r in records if not r.ok)
+    summary: dict[str, Any] = {
         "count": len(records),
-        "ok": sum(1 for r in records if r.ok),
+        "ok": len(records) - failed,
         "split": splits[key],
         "splits": {k: v for k, v in splits.items() if v and set(v) != {"?"}},
         "latency_ms": {"p50": _round(percentile(rtts, 50)), "p95": _round(percentile(rtts, 95))},
         "latency_by_version_ms": latency_by(records, key),
-        "errors": dict(sorted(Counter(r.code for r in records if not r.ok).items())),
+        "errors": error_counts(records),
+        "error_percent": round(100.0 * failed / len(records), 2) if records else 0.0,
         "robot_states": dict(sorted(Counter(r.state for r in records if r.state).items())),
+    }
+    if by_robot:
+        summary["robots"] = by_robot_summary(records)
+    return summary
+
+
+def error_counts(records: Iterable[ReplyRecord]) -> dict[str, int]:
+    return dict(sorted(Counter(r.code for r in records if not r.ok).items()))
+
+
+def by_robot_summary(records: Sequence[ReplyRecord]) -> dict[str, dict[str, Any]]:
+    """Per robot: calls, answered, errors by code (admission refusals are rarely spread evenly)."""
+    robots: dict[str, list[ReplyRecord]] = {}
+    for r in records:
+        robots.setdefault(r.robot_id, []).append(r)
+    return {rid: {"count": len(group), "ok": sum(1 for r in group if r.ok), "errors": error_counts(group)}
+            for rid, group in sorted(robots.items(), key=lambda item: _robot_order(item[0]))}
+
+
+def _robot_order(robot_id: str) -> tuple[int, str]:
+    return (int(robot_id), "") if robot_id.isdigit() else (1 << 30, robot_id)
+
+
+# ---------------------------------------------------------------- windows, aligned to each phase
+
+
+def window_bounds(start: float, end: float, window_s: float,
+                  planned_end: float | None = None) -> list[tuple[float, float]]:
+    """Windows of one phase, laid out from its start: [start + k·w, start + (k+1)·w).
+
+    Laid out up to ``planned_end`` (else ``end``); a remainder shorter than half a window joins the window before
+    (no sliver bar). A phase that ran past its plan (by the few ms the runner takes to notice) stretches its last
+    window to ``end``; one cut short (Ctrl-C) ends the window holding ``end`` there. Windows already complete at
+    some time keep their bounds whatever ``end`` turns out to be, so live progress lines and the summary agree.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window must be positive, got {window_s}")
+    plan = end if planned_end is None or not math.isfinite(planned_end) else planned_end
+    plan = max(plan, start)
+    count = max(1, math.ceil((plan - start) / window_s - 1e-9))
+    if count > 1 and plan - (start + (count - 1) * window_s) < window_s / 2:
+        count -= 1
+    edges = [start + k * window_s for k in range(count)] + [plan]
+    bounds = []
+    for a, b in itertools.pairwise(edges):
+        if bounds and a >= end:
+            break
+        bounds.append((round(a, 6), round(min(b, end), 6)))
+    if end > plan:
+        bounds[-1] = (bounds[-1][0], round(end, 6))
+    return bounds
+
+
+def phase_windows(records: Sequence[ReplyRecord], span: PhaseSpan,
+                  window_s: float) -> list[tuple[float, float, list[ReplyRecord]]]:
+    """The phase's calls (by name) grouped by send time into its windows; empty windows kept (gaps show)."""
+    bounds = window_bounds(span.start_s, span.end_s, window_s, span.planned_end_s)
+    grouped: list[list[ReplyRecord]] = [[] for _ in bounds]
+    for r in records:
+        if r.phase != span.name:
+            continue
+        index = next((i for i, (_, b) in enumerate(bounds) if r.t_s < b), len(bounds) - 1)
+        grouped[index].append(r)
+    return [(a, b, group) for (a, b), group in zip(bounds, grouped, strict=True)]
+
+
+# ---------------------------------------------------------------- phases: when the routing changed
+
+
+def observe_routing(records: Sequence[ReplyRecord], span: PhaseSpan, key: str) -> dict[str, Any]:
+    """When the replies of a phase first show its routing, and from when its statistics count.
+
+    ``routing_observed_s``: the send time of the first answered call routed by the new weights
+    (``propagation.routing_change``), ``propagation_s`` that minus ``start_s`` (the step issued): the delay
+    until the mesh routed by the step, as seen by the robots. The statistics count from then or from the step's
+    return (``applied_s``), whichever is later: a call sent while the step was being applied may have gone
+    either way. Calls sent before are the ``transition``. Unchanged weights, or unknown weights before (the
+    first phase) and no reply the step cannot give: counted from the start, no delay. Not observed (or the new
+    weights unknown): counted from ``applied_s``. Times unrounded (``summarize`` rounds what it reports).
+    """
+    mine = sorted((r for r in records if r.phase == span.name), key=lambda r: r.t_s)
+    answered = [r for r in mine if r.ok]
+    change = routing_change([getattr(r, key) or "?" for r in answered], span.before, span.configured)
+    applied = span.start_s if span.applied_s is None else span.applied_s
+    observed: float | None = None
+    counted_from = applied
+    if change.unchanged or (span.before is None and change.index == 0):
+        counted_from = span.start_s  # nothing to tell apart, or no reply from before the step
+    elif change.index is not None:
+        observed = answered[change.index].t_s
+        counted_from = max(applied, observed)
+    return {
+        "routing_observed_s": observed,
+        "propagation_s": _round3(None if observed is None else max(0.0, observed - span.start_s)),
+        "routing_evidence": change.evidence,
+        "no_delay_likelihood": None if change.no_delay_likelihood is None else round(change.no_delay_likelihood, 3),
+        "counted_from_s": counted_from,
     }
 
 
-def windows(records: Sequence[ReplyRecord], window_s: float) -> list[tuple[float, list[ReplyRecord]]]:
-    """Calls grouped by send time into consecutive windows [k·w, (k+1)·w); empty windows kept (gaps show)."""
-    if window_s <= 0:
-        raise ValueError(f"window must be positive, got {window_s}")
-    if not records:
-        return []
-    last = max(math.floor(r.t_s / window_s) for r in records)
-    grouped: list[list[ReplyRecord]] = [[] for _ in range(last + 1)]
-    for r in records:
-        grouped[max(0, math.floor(r.t_s / window_s))].append(r)
-    return [(round(i * window_s, 6), group) for i, group in enumerate(grouped)]
-
-
 def summarize(records: Sequence[ReplyRecord], phases: Sequence[PhaseSpan], window_s: float) -> dict[str, Any]:
-    """The whole report: overall, per phase (observed next to configured), per window."""
+    """The whole report: overall, per phase (observed next to configured), per window of each phase."""
     key = primary_key(records)
     phase_reports = []
+    window_reports = []
     for span in phases:
-        group = [r for r in records if r.phase == span.name]
-        report = {"name": span.name, "start_s": round(span.start_s, 3), "end_s": round(span.end_s, 3),
-                  "configured": dict(span.configured), **group_summary(group, key)}
+        seen = observe_routing(records, span, key)
+        mine = [r for r in records if r.phase == span.name]
+        counted = [r for r in mine if r.t_s >= seen["counted_from_s"]]
+        transition = [r for r in mine if r.t_s < seen["counted_from_s"]]
+        report: dict[str, Any] = {
+            "name": span.name, "start_s": round(span.start_s, 3),
+            "applied_s": _round3(span.applied_s), "end_s": round(span.end_s, 3),
+            "planned_end_s": _round3(span.planned_end_s), "completed": span.completed,
+            "configured": dict(span.configured),
+            "configured_before": None if span.before is None else dict(span.before),
+            **seen, "routing_observed_s": _round3(seen["routing_observed_s"]),
+            "counted_from_s": round(seen["counted_from_s"], 3),
+            "transition": {"count": len(transition), "ok": sum(1 for r in transition if r.ok),
+                           "split": split_percent(transition, key), "errors": error_counts(transition)},
+            **group_summary(counted, key, by_robot=True),
+        }
         if span.configured:
             report["max_abs_deviation_points"] = max_deviation(report["split"], span.configured)
         phase_reports.append(report)
+        for index, (a, b, group) in enumerate(phase_windows(records, span, window_s)):
+            window_reports.append({"phase": span.name, "index": index, "start_s": round(a, 3), "end_s": round(b, 3),
+                                   **group_summary(group, key)})
     return {
         "split_by": key,
         "window_s": window_s,
-        "total": group_summary(records, key),
+        "total": group_summary(records, key, by_robot=True),
         "phases": phase_reports,
-        "windows": [{"start_s": start, **group_summary(group, key)} for start, group in windows(records, window_s)],
+        "windows": window_reports,
     }
 
 
@@ -157,54 +276,51 @@ def max_deviation(observed: Mapping[str, float], configured: Mapping[str, float]
     return round(max((abs(observed.get(n, 0.0) - configured.get(n, 0.0)) for n in names), default=0.0), 2)
 
 
-def plot(summary: Mapping[str, Any], path: Path, title: str = "") -> Path:
-    """Split over time (stacked) and RTT p50/p95 per version over time, phase boundaries as dashed lines."""
-    import matplotlib
+# ---------------------------------------------------------------- one-line renderings
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = summary["windows"]
-    width = float(summary["window_s"])
-    centres = [w["start_s"] + width / 2 for w in rows]
-    versions = sorted({v for w in rows for v in w["split"]})
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
-    if versions:
-        bottoms = [0.0] * len(rows)
-        for v in versions:  # stacked bars, one per window: no interpolation across a switch
-            shares = [w["split"].get(v, 0.0) for w in rows]
-            top.bar(centres, shares, width=width * 0.95, bottom=bottoms, label=v, alpha=0.85)
-            bottoms = [b + s for b, s in zip(bottoms, shares, strict=True)]
-        top.legend(loc="upper right", fontsize=8)
-    top.set_ylabel(f"split by {summary['split_by']} (%)")
-    top.set_ylim(0, 100)
-    for v in versions:
-        p50 = [w["latency_by_version_ms"].get(v, {}).get("p50_ms") for w in rows]
-        p95 = [w["latency_by_version_ms"].get(v, {}).get("p95_ms") for w in rows]
-        line = bottom.plot(centres, [math.nan if x is None else x for x in p50], marker=".", label=f"{v} p50")
-        bottom.plot(centres, [math.nan if x is None else x for x in p95], linestyle=":", color=line[0].get_color(),
-                    label=f"{v} p95")
-    errors = [w["count"] - w["ok"] for w in rows]
-    if any(errors):
-        twin = bottom.twinx()
-        twin.bar(centres, errors, width=width * 0.8, color="red", alpha=0.2, label="errors")
-        twin.set_ylabel("failed calls / window")
-    bottom.set_ylabel("RTT (ms)")
-    bottom.set_xlabel("time since start (s)")
-    if versions:
-        bottom.legend(loc="upper left", fontsize=8)
-    for phase in summary["phases"]:
-        for axis in (top, bottom):
-            axis.axvline(phase["start_s"], color="black", linestyle="--", linewidth=0.8)
-        top.text(phase["start_s"], 102, phase["name"], fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def _split_text(split: Mapping[str, float]) -> str:
+    return " ".join(f"{v} {p:.1f}%" for v, p in split.items()) if split else "no answer"
+
+
+def _errors_text(report: Mapping[str, Any]) -> str:
+    failed = report["count"] - report["ok"]
+    if not failed:
+        return "errors 0"
+    codes = ", ".join(f"{code} {n}" for code, n in report["errors"].items())
+    return f"errors {failed} ({report['error_percent']:.1f}%: {codes})"
+
+
+def window_line(phase: str, index: int, total: int | None, start: float, end: float,
+                report: Mapping[str, Any]) -> str:
+    """The live progress line of one window: phase, window, calls, split per version, errors."""
+    of = f"/{total}" if total else ""
+    return (f"{phase} window {index + 1}{of} [{start:.1f}-{end:.1f} s]: {report['count']} calls, "
+            f"{_split_text(report['split'])}, {_errors_text(report)}")
+
+
+def phase_line(report: Mapping[str, Any]) -> str:
+    """One phase of the summary in a line: calls, split against configured, propagation, latency, errors."""
+    configured = f" (configured {_split_text(report['configured'])})" if report["configured"] else ""
+    if report["propagation_s"] is not None:
+        routing = f"routing seen {report['propagation_s']:.2f} s after the step: {report['routing_evidence']}"
+        if 0.05 <= (report.get("no_delay_likelihood") or 0.0) < 1.0:
+            routing += f"; as likely with no delay at all: {100 * report['no_delay_likelihood']:.0f}%"
+    else:
+        routing = report["routing_evidence"]
+    cut = "" if report["completed"] else " [cut short]"
+    return (f"{report['name']}{cut}: {report['count']} calls counted from {report['counted_from_s']:.2f} s, "
+            f"{_split_text(report['split'])}{configured}; {routing}; "
+            f"p50/p95 by version {_latency_text(report['latency_by_version_ms'])}; {_errors_text(report)}")
+
+
+def _latency_text(latency: Mapping[str, Mapping[str, Any]]) -> str:
+    return " ".join(f"{v} {x['p50_ms']}/{x['p95_ms']} ms" for v, x in latency.items()) or "-"
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
+
+
+def _round3(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, 3)

