@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup protos models data lint bench bench-mesh bench-engines fuzz robot-pi clean
+.PHONY: demo test setup protos models data lint manifests images bench bench-mesh bench-engines bench-link fuzz robot-pi clean
 
 demo: setup models data
 	$(PY) -m robotclient demo
@@ -37,6 +37,18 @@ data: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# kube/'s plain manifests rendered from their kustomize sources (kube/src/, kube/Kustomization,
+# kube/cell/Kustomization) with the dev extra's kubectl; tests/deploy/test_kustomize.py fails on drift.
+manifests: setup
+	$(PY) kube/render.py
+
+# The amd64 images of docker/ as localhost/robomesh/<image>:<version>, with podman (or Docker where its daemon
+# runs) from a local Debian base made by mmdebstrap where no registry is reachable (docs/images.md). Needs no venv:
+# the Dockerfiles fetch the model and the clip themselves. IMAGES="facedetection ..." to build some only.
+IMAGES ?=
+images:
+	$(PYTHON) docker/build_images.py $(IMAGES)
+
 # What the defaults give against issue 12's yardsticks (mesh ratio, persons, faces, replay speed-up, memory).
 bench: setup models data
 	$(PY) bench/defaults_bench.py
@@ -47,6 +59,10 @@ bench-mesh: setup models data
 
 bench-engines: setup models data
 	$(PY) bench/engine_bench.py
+
+# Issue 14's link (40 ms each way, 10 ms jitter, 50 Mbit/s): the robot's pipelined replay against send-and-wait.
+bench-link: setup models data
+	$(PY) bench/link_bench.py
 
 # Malformed-input fuzzing of every service (bench/fuzz_bench.py); FUZZ_CASES=... to change the count.
 FUZZ_CASES ?= 10000

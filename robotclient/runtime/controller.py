@@ -49,7 +49,7 @@ class ControlParams:
     """m/s per unit of size below the band's far edge."""
     retreat_gain: float = 1.5
     """m/s per unit of size above the band's near edge (backing off is more urgent than closing in)."""
-    cut_off_retreat: float = 0.15
+    cut_off_retreat: float = 0.3
     """m/s back from a person whose box is cut off by the image's top or bottom edge: their size is unknown,
     only that they are too near to be seen whole (and a detector loses a person whose head is cut off)."""
     max_accel: float = 0.5

@@ -18,6 +18,9 @@ no threads, no clocks, no I/O.
   that detection overlaps another one (its colours are then mixed: it only costs more). The model is updated
   only from detections that overlap no other detection, so that a crossing person's colours do not leak in.
   Without an image the tracker works on motion alone, exactly as before.
+- Re-identification: an established track that found no detection within the motion gate takes a clean
+  detection that no track matched when their colours are close (``reid_max_distance``), wherever it is in the
+  image, so that a person missed for a while, or swept across the image by the robot's own turn, keeps their id.
 - A track that is not matched keeps its last box (the box the robot steers to is never
   extrapolated; the prediction is used for association only) and counts a miss; after more than
   ``max_missed`` consecutive misses it is dropped. Ids are never reused.
@@ -58,6 +61,9 @@ class TrackerParams:
     max_appearance_distance: float = 0.5
     appearance_min_hits: int = 3
     appearance_smoothing: float = 0.2
+    # Re-identification: an established track that missed this result takes a detection no track matched by
+    # colours alone (wherever it is) when their distance is at most this; 0 turns it off.
+    reid_max_distance: float = 0.3
 
     def __post_init__(self) -> None:
         if self.max_missed < 0:
@@ -76,6 +82,8 @@ class TrackerParams:
             raise ValueError(f"appearance_weight must be >= 0; got {self.appearance_weight}")
         if not 0.0 < self.max_appearance_distance <= 1.0:
             raise ValueError(f"max_appearance_distance must be in (0, 1]; got {self.max_appearance_distance}")
+        if not 0.0 <= self.reid_max_distance <= 1.0:
+            raise ValueError(f"reid_max_distance must be in [0, 1]; got {self.reid_max_distance}")
         if self.appearance_min_hits < 1:
             raise ValueError(f"appearance_min_hits must be >= 1; got {self.appearance_min_hits}")
         if not 0.0 < self.appearance_smoothing <= 1.0:
@@ -202,6 +210,10 @@ class MultiObjectTracker:
                     self._learn_colour(self._states[tid], colours[d_index])
                 matched_tracks.add(tid)
                 matched_detections.add(d_index)
+        for tid, d_index in self._reidentify(detections, colours, clean, matched_tracks, matched_detections):
+            self._reacquire(self._states[tid], detections[d_index], colours[d_index], now)
+            matched_tracks.add(tid)
+            matched_detections.add(d_index)
 
         for tid in sorted(self._states):
             if tid in matched_tracks:
@@ -218,6 +230,52 @@ class MultiObjectTracker:
                 if clean[i]:
                     self._learn_colour(self._states[self._next_id - 1], colours[i])
         return self.tracks
+
+    def _reidentify(
+        self,
+        detections: Sequence[Detection],
+        colours: Sequence[np.ndarray | None],
+        clean: Sequence[bool],
+        matched_tracks: set[int],
+        matched_detections: set[int],
+    ) -> list[tuple[int, int]]:
+        """(track id, detection index) pairs matched by colours alone, among what the motion gate left over.
+
+        A person the detector missed for a while, or who moved further than the prediction allows (the camera
+        turned), comes back as a detection far from their track: by colours it is still them, and keeping their
+        id is what lets the robot go on following them rather than start over with a stranger's track.
+        Only established tracks with a colour model and clean (unmixed) detections take part.
+        """
+        p = self.params
+        if p.reid_max_distance <= 0.0:
+            return []
+        models = {t: state.appearance for t, state in sorted(self._states.items()) if t not in matched_tracks
+                  and state.appearance is not None and state.track.hits >= p.appearance_min_hits}
+        track_ids = list(models)
+        det_idx = [i for i in range(len(detections))
+                   if i not in matched_detections and clean[i] and colours[i] is not None]
+        if not track_ids or not det_idx:
+            return []
+        cost = np.full((len(track_ids), len(det_idx)), _FORBIDDEN)
+        for r, (tid, model) in enumerate(models.items()):
+            for c, i in enumerate(det_idx):
+                colour = colours[i]
+                if colour is None or detections[i].class_name != self._states[tid].track.class_name:
+                    continue
+                distance = colour_distance(model, colour)
+                if distance <= p.reid_max_distance:
+                    cost[r, c] = distance
+        rows, cols = linear_sum_assignment(cost)
+        return [(track_ids[r], det_idx[c]) for r, c in zip(rows, cols, strict=True) if cost[r, c] < _FORBIDDEN]
+
+    def _reacquire(self, state: _State, detection: Detection, colour: np.ndarray | None, now: float) -> None:
+        """A re-identified track starts again where its person is now: no blend with where it was, no velocity."""
+        state.track = replace(state.track, box=detection.box, confidence=detection.confidence,
+                              hits=state.track.hits + 1, missed=0, last_seen=now)
+        state.vx = state.vy = 0.0
+        state.last_cx, state.last_cy = detection.box.cx, detection.box.cy
+        state.box_time = now
+        self._learn_colour(state, colour)
 
     def _learn_colour(self, state: _State, colour: np.ndarray | None) -> None:
         if colour is None:

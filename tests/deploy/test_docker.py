@@ -1,6 +1,7 @@
 """Static checks of docker/*.Dockerfile and .dockerignore, and real runs of what can run without Docker.
 
-There is no Docker engine where these tests run, so the images are never built here. What is checked:
+These checks need no container engine; tests/deploy/test_containers.py builds the service images and runs
+them with podman where it can. What is checked here:
 
 - every Dockerfile parses (a small parser: line continuations, comments, parser directives, JSON or
   shell forms) into stages; the image set is the contract's; each image is multi-stage, ends as a fixed

@@ -186,7 +186,7 @@ def test_parameters_are_checked() -> None:
     for bad in (
         {"max_missed": -1}, {"min_iou": 1.5}, {"smoothing": 0.0}, {"max_center_distance": -1.0},
         {"appearance_weight": -1.0}, {"max_appearance_distance": 0.0}, {"appearance_min_hits": 0},
-        {"appearance_smoothing": 0.0},
+        {"appearance_smoothing": 0.0}, {"reid_max_distance": -0.1}, {"reid_max_distance": 1.5},
     ):
         with pytest.raises(ValueError):
             TrackerParams(**bad)  # type: ignore[arg-type]
@@ -366,3 +366,29 @@ def test_the_selector_goes_back_to_a_track_clearly_more_like_the_person_acquired
     selector.select([Track(1, "person", blue, 0.9, 1, 0, 0.0, 0.0, colour=h_blue)])
     assert selector.select([drifted]) == drifted
     assert selector.select([drifted, person]) == person
+
+
+def _missed_then_far(params: TrackerParams, colour: tuple[int, int, int]) -> tuple[int, int]:
+    """Blue is tracked, missed for 5 results (the camera turned), then a person of ``colour`` is detected 300 px
+    away, beyond the motion gate. (Blue's id, the id of the track on the new detection.)"""
+    tracker = MultiObjectTracker(params)
+    blue = Box(100, 100, 40, 80)
+    for step in range(4):
+        (track,) = tracker.update([Detection("person", 0.9, blue)], now=step * DT, image=scene([(blue, BLUE)]))
+    for step in range(4, 9):
+        tracker.update([], now=step * DT, image=scene([]))
+    far = Box(400, 120, 40, 80)
+    tracks = tracker.update([Detection("person", 0.9, far)], now=9 * DT, image=scene([(far, colour)]))
+    (on_far,) = [t for t in tracks if t.missed == 0]
+    assert on_far.box == far, "a re-identified track starts where its person is, not blended with the old box"
+    return track.track_id, on_far.track_id
+
+
+def test_a_person_missed_and_seen_far_away_keeps_their_id_by_colours() -> None:
+    blue_id, on_far = _missed_then_far(TrackerParams(), BLUE)
+    assert on_far == blue_id
+    # Someone in other clothes there is someone else; and with re-identification off, a new track as before.
+    blue_id, on_far = _missed_then_far(TrackerParams(), GREEN)
+    assert on_far != blue_id
+    blue_id, on_far = _missed_then_far(TrackerParams(reid_max_distance=0.0), BLUE)
+    assert on_far != blue_id
