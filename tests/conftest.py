@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -63,3 +65,12 @@ def vtest_frames(data_dir: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def vtest_jpegs(vtest_frames: list[np.ndarray]) -> list[bytes]:
     return [encode_jpeg(f) for f in vtest_frames]
+
+
+@pytest.fixture()
+def taken_port() -> Iterator[int]:
+    """A port some other program listens on, on every IPv4 address."""
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        yield sock.getsockname()[1]

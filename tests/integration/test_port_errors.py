@@ -7,25 +7,14 @@ is loaded (the ports open before any model), so each takes about a second.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 QUIET = ["--port", "0", "--metrics-port", "-1"]
 AGGREGATOR = ["--face", "127.0.0.1:1", "--yolo", "none"]  # never called: no frame is sent
-
-
-@pytest.fixture()
-def taken_port() -> Iterator[int]:
-    """A port some other program listens on, on every IPv4 address."""
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 def _start(module: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterator
-
-import pytest
 
 from services.common.ports import GRPC, METRICS, PortSetting, port_error, probe
 
 WEB = PortSetting("the live view", "--web-port", "WEB_PORT", "--web-host", "WEB_HOST", can_disable=True)
-
-
-@pytest.fixture()
-def taken_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 def test_the_probe_finds_a_taken_port_on_any_address_form(taken_port: int) -> None:
