@@ -104,6 +104,9 @@ class Track:
     last_seen: float
     # The track's colour model (see colour_histogram); None without images or before a clean sighting.
     colour: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The colours of its latest clean sighting alone: who the track is on now, when it has drifted onto
+    # someone else and its model still remembers the first person.
+    seen_colour: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -285,7 +288,7 @@ class MultiObjectTracker:
         else:
             a = self.params.appearance_smoothing
             state.appearance = (a * colour + (1.0 - a) * state.appearance).astype(np.float32)
-        state.track = replace(state.track, colour=state.appearance)
+        state.track = replace(state.track, colour=state.appearance, seen_colour=colour)
 
     def replace_box(self, track_id: int, box: Box, now: float | None = None) -> None:
         """Writes a box found between results (visual carry-forward) without counting a hit or a miss.
@@ -377,19 +380,22 @@ class TargetSelector:
     When the tracks carry colours, the selector remembers the colours of the person it acquired and keeps
     following that person, not a track id: the memory learns only from the target while it still looks like
     itself (a track that drifted onto someone else teaches it nothing). While another track in view looks
-    clearly more like the acquired person than the followed one (by ``switch_margin``), it goes back to it. After
+    clearly more like the acquired person than the followed one (by ``switch_margin``), it goes back to it;
+    while the followed track has missed ``coasting_after`` results or more, a track seen now whose latest
+    sighting clearly looks like the person (half ``max_colour_distance``) is taken instead. After
     the target's track is dropped it picks (the largest of) the tracks that look like it (``colour_distance``
     up to ``max_colour_distance``) and, for up to ``patience`` selections, none rather than a stranger; after
     that it follows the largest person, still ready to go back to the acquired one when it reappears.
     """
 
     def __init__(self, wanted_class: str, max_colour_distance: float = 0.5, patience: int = 50,
-                 learning_rate: float = 0.1, switch_margin: float = 0.1) -> None:
+                 learning_rate: float = 0.1, switch_margin: float = 0.1, coasting_after: int = 3) -> None:
         self.wanted_class = wanted_class
         self.max_colour_distance = max_colour_distance
         self.patience = patience
         self.learning_rate = learning_rate
         self.switch_margin = switch_margin
+        self.coasting_after = coasting_after
         self._target_id: int | None = None
         self._colour: np.ndarray | None = None  # the acquired person's, learnt only from that person
         self._waited = 0
@@ -406,6 +412,16 @@ class TargetSelector:
         if self._colour is None or track.colour is None:
             return math.inf
         return colour_distance(self._colour, track.colour)
+
+    def _seen_distance(self, track: Track) -> float:
+        """How unlike the person acquired the track's latest clean sighting is (not its whole history)."""
+        if self._colour is None or track.seen_colour is None:
+            return math.inf
+        return colour_distance(self._colour, track.seen_colour)
+
+    def _clearly_the_person_now(self, track: Track) -> bool:
+        """Seen in this result, and its latest clean sighting clearly looks like the person acquired."""
+        return track.missed == 0 and self._seen_distance(track) <= 0.5 * self.max_colour_distance
 
     def _follow(self, track: Track) -> Track:
         self._target_id = track.track_id
@@ -425,6 +441,13 @@ class TargetSelector:
         candidates = [t for t in tracks if t.class_name == self.wanted_class]
         alike = [t for t in candidates if self._alike(t)]
         current = next((t for t in tracks if t.track_id == self._target_id), None)
+        if current is not None and current.missed >= self.coasting_after:
+            # The followed track has not been seen for a while (it coasts on a stale box): a track seen now
+            # whose latest sighting is clearly the person is where they are (the detector merged them with
+            # someone in a crossing and the tracks came apart on the wrong sides).
+            seen = [t for t in candidates if t is not current and self._clearly_the_person_now(t)]
+            if seen:
+                return self._follow(min(seen, key=lambda t: (self._seen_distance(t), t.track_id)))
         if current is not None:
             # Another track that looks clearly more like the acquired person than the followed one: the tracker
             # swapped people in a crossing; go back to the person.

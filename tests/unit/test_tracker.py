@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -392,3 +393,37 @@ def test_a_person_missed_and_seen_far_away_keeps_their_id_by_colours() -> None:
     assert on_far != blue_id
     blue_id, on_far = _missed_then_far(TrackerParams(reid_max_distance=0.0), BLUE)
     assert on_far != blue_id
+
+
+def test_while_the_followed_track_coasts_the_selector_takes_a_track_seen_now_on_the_person() -> None:
+    """In a crossing the detector merged the two; the target's track coasts on a stale box while the other
+    person's track (its model still theirs) now sits on the target, clean: that is where the person is."""
+    blue, green = Box(300, 100, 40, 80), Box(100, 100, 40, 80)
+    h_blue = colour_histogram(scene([(blue, BLUE)]), blue)
+    h_green = colour_histogram(scene([(green, GREEN)]), green)
+    selector = TargetSelector("person")
+    assert selector.select([Track(1, "person", blue, 0.9, 5, 0, 0.0, 0.0, colour=h_blue, seen_colour=h_blue)])
+    other = Track(2, "person", green, 0.9, 5, 0, 0.0, 0.5, colour=h_green, seen_colour=h_blue)
+    for missed, followed in ((1, 1), (2, 1), (3, 2)):
+        coasting = Track(1, "person", blue, 0.9, 5, missed, 0.0, 0.0, colour=h_blue, seen_colour=h_blue)
+        chosen = selector.select([coasting, other])
+        assert chosen is not None and chosen.track_id == followed, missed
+    # A track seen now in the other person's colours is never taken for the target, however long it coasts.
+    selector = TargetSelector("person")
+    selector.select([Track(1, "person", blue, 0.9, 5, 0, 0.0, 0.0, colour=h_blue, seen_colour=h_blue)])
+    stranger = replace(other, seen_colour=h_green)
+    coasting = Track(1, "person", blue, 0.9, 5, 10, 0.0, 0.0, colour=h_blue, seen_colour=h_blue)
+    chosen = selector.select([coasting, stranger])
+    assert chosen is not None and chosen.track_id == 1
+
+
+def test_a_track_keeps_the_colours_of_its_latest_clean_sighting_beside_its_model() -> None:
+    box = Box(100, 100, 40, 80)
+    tracker = MultiObjectTracker(TrackerParams(appearance_min_hits=10))  # not established: green still matches
+    for step in range(3):
+        tracker.update([Detection("person", 0.9, box)], now=step * DT, image=scene([(box, BLUE)]))
+    (track,) = tracker.update([Detection("person", 0.9, box)], now=3 * DT, image=scene([(box, GREEN)]))
+    h_blue, h_green = colour_histogram(scene([(box, BLUE)]), box), colour_histogram(scene([(box, GREEN)]), box)
+    assert track.colour is not None and track.seen_colour is not None and h_blue is not None and h_green is not None
+    assert colour_distance(track.seen_colour, h_green) < 0.01, "the sighting is the green one alone"
+    assert colour_distance(track.colour, h_blue) < colour_distance(track.colour, h_green), "the model is mostly blue"
