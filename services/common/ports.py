@@ -23,6 +23,7 @@ class PortSetting:
 
 GRPC = PortSetting("gRPC", "--port", "PORT", "--host", "HOST")
 METRICS = PortSetting("metrics", "--metrics-port", "METRICS_PORT", can_disable=True)
+WEB = PortSetting("the live view", "--web-port", "WEB_PORT", "--web-host", "WEB_HOST", can_disable=True)
 
 
 def why_not_bound(err: BaseException | None) -> str:

@@ -14,7 +14,7 @@ from services.common.errors import StartupError
 from services.common.identity import served_by_from_env
 from services.common.jsonlog import configure_logging
 from services.common.metrics import ServiceMetrics
-from services.common.ports import PortSetting, port_error
+from services.common.ports import WEB, port_error
 from services.common.server import ManagedServer, Registration
 from services.common.tls import ClientTls, TlsConfigError
 from services.objectdetection.aggregator import Aggregator
@@ -26,7 +26,6 @@ from services.objectdetection.servicer import LegacyObjectDetectionServicer, Obj
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9091
-WEB = PortSetting("the live view", "--web-port", "WEB_PORT", "--web-host", "WEB_HOST", can_disable=True)
 log = logging.getLogger("services.objectdetection")
 
 

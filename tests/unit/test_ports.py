@@ -5,9 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from services.common.ports import GRPC, METRICS, PortSetting, port_error, probe
-
-WEB = PortSetting("the live view", "--web-port", "WEB_PORT", "--web-host", "WEB_HOST", can_disable=True)
+from services.common.ports import GRPC, METRICS, WEB, port_error, probe
 
 
 def test_the_probe_finds_a_taken_port_on_any_address_form(taken_port: int) -> None:
