@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from defaults_bench import cpu
+from defaults_bench import cpu, replay_fps
 from mesh_bench import Disturbance
 
 from robotclient.runtime.records import percentile
@@ -58,15 +56,9 @@ class Side:
 
 def replay(target: str, frames: int, extra: Sequence[str], out: Path) -> tuple[float, list[float]]:
     """``robotclient replay`` over the link to ``target``: its frames/s and the age of each answered frame."""
-    command = [sys.executable, "-m", "robotclient", "replay", "--server", target, "--out", str(out),
-               "--frames", str(frames), "--no-progress", "--no-video", *LINK_ARGS, *extra]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if completed.returncode != 0:
-        raise RuntimeError(f"replay failed ({completed.returncode}): {completed.stderr[-2000:]}")
-    summary = json.loads((out / "summary.json").read_text())
+    fps = float(replay_fps(target, frames, [*LINK_ARGS, "--no-video", *extra], out)["fps"])
     with (out / "frames.csv").open(newline="") as rows:
-        ages = [float(row["age_ms"]) for row in csv.DictReader(rows) if row["age_ms"]]
-    return float(summary["fps"]), ages
+        return fps, [float(row["age_ms"]) for row in csv.DictReader(rows) if row["age_ms"]]
 
 
 def main(argv: list[str] | None = None) -> int:
